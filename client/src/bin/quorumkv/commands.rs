@@ -1,0 +1,88 @@
+//! The single-key and cluster commands: parse, call the library, print.
+
+use std::io::Write;
+
+use anyhow::{anyhow, Context as _};
+use bytes::Bytes;
+use quorumkv_client::Client;
+use tokio::io::AsyncReadExt;
+
+use crate::args::{DeleteArgs, GetArgs, PutArgs};
+use crate::exit;
+use crate::output;
+
+/// The VALUE that means "read the value from standard input".
+const STDIN_VALUE: &str = "-";
+
+pub async fn get(client: &Client, args: &GetArgs) -> anyhow::Result<u8> {
+    let result = client.get(args.key.clone(), args.consistency).await?;
+
+    // The context is printed even for a missing key: it covers the tombstones, and a
+    // write that passes it replaces them instead of adding a sibling beside them.
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", output::get_json(&result))?;
+    } else {
+        output::write_values(&mut stdout, &result.values)?;
+    }
+    stdout.flush()?;
+    if args.show_context {
+        eprintln!("context: {}", result.context);
+    }
+
+    if !result.is_found() {
+        output::complain(&format!("not found: {}", args.key));
+        return Ok(exit::NOT_FOUND);
+    }
+    Ok(exit::OK)
+}
+
+pub async fn put(client: &Client, args: &PutArgs) -> anyhow::Result<u8> {
+    let value = if args.value == STDIN_VALUE {
+        read_stdin().await?
+    } else {
+        Bytes::from(args.value.clone())
+    };
+    let write = &args.write;
+    let key = args.key.clone();
+    client
+        .put(key, value, write.context.as_ref(), write.consistency)
+        .await?;
+    Ok(exit::OK)
+}
+
+pub async fn delete(client: &Client, args: &DeleteArgs) -> anyhow::Result<u8> {
+    let write = &args.write;
+    client
+        .delete(args.key.clone(), write.context.as_ref(), write.consistency)
+        .await?;
+    Ok(exit::OK)
+}
+
+pub async fn status(client: &Client) -> anyhow::Result<u8> {
+    let report = client.status().await?;
+    print!("{}", output::status(&report));
+    Ok(exit::OK)
+}
+
+pub async fn ring(client: &Client, key: Option<&str>) -> anyhow::Result<u8> {
+    let report = client
+        .ring(key.map(|key| Bytes::from(key.to_owned())))
+        .await?;
+    let text = match key {
+        Some(key) => output::ring_for_key(key, &report)
+            .ok_or_else(|| anyhow!("the node's ring report names no partition for the key"))?,
+        None => output::ring_table(&report),
+    };
+    print!("{text}");
+    Ok(exit::OK)
+}
+
+async fn read_stdin() -> anyhow::Result<Bytes> {
+    let mut value = Vec::new();
+    tokio::io::stdin()
+        .read_to_end(&mut value)
+        .await
+        .context("cannot read the value from standard input")?;
+    Ok(Bytes::from(value))
+}

@@ -1,0 +1,233 @@
+//! Everything the commands print: values, JSON, the status and ring tables, and the one-line
+//! error messages on standard error.
+
+use std::io::{self, Write};
+
+use base64::Engine;
+use bytes::Bytes;
+use quorumkv_client::protocol::{RingEntry, RingReport, StatusReport};
+use quorumkv_client::GetResult;
+use serde::Serialize;
+
+/// Columns of a table are separated by this many spaces.
+const COLUMN_GAP: usize = 2;
+
+/// One line on standard error, prefixed with the program's name.
+pub fn complain(message: &str) {
+    eprintln!("quorumkv: {message}");
+}
+
+/// Each sibling's bytes as they are, one per line, so `get` output can be piped onward.
+pub fn write_values(out: &mut impl Write, values: &[Bytes]) -> io::Result<()> {
+    for value in values {
+        out.write_all(value)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// A value in `get --json`: text when it is UTF-8, else tagged so it cannot be mistaken for
+/// text that happens to look like base64.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum JsonValue {
+    Text(String),
+    Binary { base64: String },
+}
+
+#[derive(Debug, Serialize)]
+struct JsonGet {
+    values: Vec<JsonValue>,
+    /// URL-safe base64, as `--context` takes it back.
+    context: String,
+}
+
+/// `{"values": [...], "context": "..."}` on one line.
+pub fn get_json(result: &GetResult) -> String {
+    let values = result
+        .values
+        .iter()
+        .map(|value| json_value(value))
+        .collect();
+    let document = JsonGet {
+        values,
+        context: result.context.to_string(),
+    };
+    serde_json::to_string(&document).expect("strings always serialize")
+}
+
+fn json_value(value: &[u8]) -> JsonValue {
+    match std::str::from_utf8(value) {
+        Ok(text) => JsonValue::Text(text.to_owned()),
+        Err(_) => JsonValue::Binary {
+            base64: base64::engine::general_purpose::STANDARD.encode(value),
+        },
+    }
+}
+
+/// A header naming the answering node, then one row per member.
+pub fn status(report: &StatusReport) -> String {
+    let (node, cluster) = (&report.node, &report.cluster);
+    let (n, q) = (report.replicas, report.partitions);
+    let header = format!("answered by {node} (cluster {cluster}): N = {n}, Q = {q}\n");
+
+    let rows = report.members.iter().map(|member| {
+        let state = if member.up { "up" } else { "down" };
+        let owned = member.partitions_owned.to_string();
+        vec![
+            member.node.to_string(),
+            member.address.clone(),
+            state.into(),
+            owned,
+        ]
+    });
+    header + &table(&["NODE", "ADDRESS", "STATE", "PARTITIONS"], rows.collect())
+}
+
+/// One key's place: its hash, partition, home replicas and fallbacks.
+pub fn ring_for_key(key: &str, report: &RingReport) -> Option<String> {
+    let entry = report.entries.first()?;
+    let hash = report.key_hash?;
+    let (partition, partitions) = (entry.partition, report.partitions);
+    let fallbacks = if entry.fallbacks.is_empty() {
+        "(none)".to_owned()
+    } else {
+        names(&entry.fallbacks, " ")
+    };
+    let lines = [
+        format!("key        {key}"),
+        format!("hash       {hash:#018x}"),
+        format!("partition  {partition} of {partitions}"),
+        format!(
+            "home       {} (N = {})",
+            names(&entry.home, " "),
+            report.replicas
+        ),
+        format!("fallbacks  {fallbacks}"),
+    ];
+    Some(lines.join("\n") + "\n")
+}
+
+/// The partition table: one row per partition with its home replicas, owner first.
+pub fn ring_table(report: &RingReport) -> String {
+    let rows = report
+        .entries
+        .iter()
+        .map(|entry: &RingEntry| vec![entry.partition.to_string(), names(&entry.home, ",")]);
+    table(&["PARTITION", "HOME"], rows.collect())
+}
+
+fn names(nodes: &[quorumkv_client::NodeId], separator: &str) -> String {
+    let names: Vec<&str> = nodes.iter().map(|node| node.0.as_str()).collect();
+    names.join(separator)
+}
+
+/// Left-aligned columns as wide as their widest cell; the last column is not padded, so
+/// lines carry no trailing spaces.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let header: Vec<String> = header.iter().map(|title| title.to_string()).collect();
+    let lines: Vec<Vec<String>> = std::iter::once(header).chain(rows).collect();
+    let columns = lines[0].len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| {
+            lines
+                .iter()
+                .map(|line| line[column].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+
+    let mut text = String::new();
+    for line in &lines {
+        for (column, cell) in line.iter().enumerate() {
+            if column + 1 == columns {
+                text.push_str(cell);
+            } else {
+                let width = widths[column] + COLUMN_GAP;
+                text.push_str(&format!("{cell:<width$}"));
+            }
+        }
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorumkv_client::protocol::MemberStatus;
+    use quorumkv_client::{Context, NodeId};
+
+    #[test]
+    fn json_output_keeps_text_as_text_and_tags_binary_values() {
+        // Goal: UTF-8 values read naturally; other bytes come back losslessly as base64.
+        let result = GetResult {
+            values: vec![
+                Bytes::from_static(b"hello"),
+                Bytes::from_static(b"\xff\x00"),
+            ],
+            context: Context(Bytes::from_static(b"\x01\x02")),
+        };
+        let expected = r#"{"values":["hello",{"base64":"/wA="}],"context":"AQI"}"#;
+        assert_eq!(get_json(&result), expected);
+    }
+
+    #[test]
+    fn plain_output_is_one_sibling_per_line() -> io::Result<()> {
+        // Goal: siblings are printed as raw bytes, each on its own line, and nothing else.
+        let mut out = Vec::new();
+        write_values(
+            &mut out,
+            &[Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+        )?;
+        assert_eq!(out, b"a\nb\n");
+        Ok(())
+    }
+
+    #[test]
+    fn status_table_has_a_header_line_and_aligned_rows() {
+        // Goal: the answering node, N and Q come first, then one aligned row per member.
+        let member = |name: &str, up: bool| MemberStatus {
+            node: NodeId::from(name),
+            address: format!("127.0.0.1:710{}", &name[1..]),
+            up,
+            partitions_owned: 128,
+        };
+        let report = StatusReport {
+            node: NodeId::from("n1"),
+            cluster: "quorumkv".into(),
+            replicas: 3,
+            partitions: 256,
+            members: vec![member("n1", true), member("n2", false)],
+        };
+        let expected = "answered by n1 (cluster quorumkv): N = 3, Q = 256\n\
+                        NODE  ADDRESS         STATE  PARTITIONS\n\
+                        n1    127.0.0.1:7101  up     128\n\
+                        n2    127.0.0.1:7102  down   128\n";
+        assert_eq!(status(&report), expected);
+    }
+
+    #[test]
+    fn ring_for_a_key_names_home_replicas_and_fallbacks() {
+        // Goal: a key's report shows where it lives and where writes go when homes are down.
+        let report = RingReport {
+            partitions: 256,
+            replicas: 2,
+            key_hash: Some(0xab),
+            entries: vec![RingEntry {
+                partition: 17,
+                owner: NodeId::from("n2"),
+                home: vec![NodeId::from("n2"), NodeId::from("n3")],
+                fallbacks: vec![NodeId::from("n1")],
+            }],
+        };
+        let text = ring_for_key("k", &report).expect("a key report");
+        assert!(text.contains("hash       0x00000000000000ab\n"), "{text}");
+        assert!(text.contains("partition  17 of 256\n"), "{text}");
+        assert!(text.contains("home       n2 n3 (N = 2)\n"), "{text}");
+        assert!(text.contains("fallbacks  n1\n"), "{text}");
+        let table = ring_table(&report);
+        assert_eq!(table, "PARTITION  HOME\n17         n2,n3\n");
+    }
+}
