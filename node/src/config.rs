@@ -1,0 +1,307 @@
+//! A node's configuration: from flags, from a TOML file, or both (flags win).
+//!
+//! Membership is static: the file or the flags name every member and its address. Every
+//! limit carries its unit in its name and a reason for its default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use quorumkv_client::codec::DEFAULT_MAX_FRAME_BYTES;
+use quorumkv_client::protocol::DEFAULT_CLUSTER;
+use quorumkv_client::NodeId;
+use serde::Deserialize;
+
+use crate::ring::DEFAULT_PARTITIONS;
+
+/// Three copies survive one failure with a quorum of two still reachable.
+pub const DEFAULT_REPLICAS: usize = 3;
+/// Twice per second: a dead peer is noticed within a couple of seconds at a cost of a
+/// few tiny frames per second per peer.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 500;
+/// Four missed heartbeats: long enough to ride out a GC-like pause or a slow core on a
+/// loaded two-core machine, short enough that clients see Unavailable quickly.
+pub const DEFAULT_FAILURE_TIMEOUT_MS: u64 = 2_000;
+/// How long a coordinator waits for replicas before answering Timeout.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 2_000;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub cluster: String,
+    pub node_id: NodeId,
+    pub listen: String,
+    /// Every member, this node included, with the address peers dial.
+    pub members: BTreeMap<NodeId, String>,
+    pub replicas: usize,
+    pub partitions: u32,
+    pub data_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub failure_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_frame_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Flags of `quorumkv-node`. Each may also be set in the file given by `--config`.
+#[derive(Debug, Default, Parser)]
+#[command(name = "quorumkv-node", version, about = "A quorumkv database node")]
+pub struct NodeArgs {
+    /// TOML file with any of the settings below (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Cluster name; nodes and clients of another cluster are refused.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// This node's id, e.g. n1.
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Address to listen on, host:port.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Another member, as ID=HOST:PORT; repeat for each.
+    #[arg(long = "peer", value_name = "ID=HOST:PORT")]
+    pub peers: Vec<String>,
+    /// Replicas per key (N).
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// Ring partitions (Q), a power of two fixed when the cluster is created.
+    #[arg(long)]
+    pub partitions: Option<u32>,
+    /// Directory for this node's identity and data.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub heartbeat_interval_ms: Option<u64>,
+    #[arg(long)]
+    pub failure_timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub max_frame_bytes: Option<usize>,
+}
+
+/// The same settings as they appear in a TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    cluster: Option<String>,
+    node_id: Option<String>,
+    listen: Option<String>,
+    #[serde(default)]
+    peers: BTreeMap<String, String>,
+    replicas: Option<usize>,
+    partitions: Option<u32>,
+    data_dir: Option<PathBuf>,
+    heartbeat_interval_ms: Option<u64>,
+    failure_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    max_frame_bytes: Option<usize>,
+}
+
+impl NodeConfig {
+    /// Reads the file named by `--config` (if any) and lays the flags over it.
+    pub fn load(args: &NodeArgs) -> Result<NodeConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    /// A config for tests and the simulator: every member named, defaults elsewhere.
+    pub fn for_member(
+        node_id: &str,
+        members: &BTreeMap<NodeId, String>,
+        data_dir: &Path,
+    ) -> NodeConfig {
+        NodeConfig {
+            cluster: DEFAULT_CLUSTER.to_owned(),
+            node_id: NodeId(node_id.to_owned()),
+            listen: members[&NodeId(node_id.to_owned())].clone(),
+            members: members.clone(),
+            replicas: DEFAULT_REPLICAS,
+            partitions: DEFAULT_PARTITIONS,
+            data_dir: data_dir.to_owned(),
+            heartbeat_interval: Duration::from_millis(DEFAULT_HEARTBEAT_INTERVAL_MS),
+            failure_timeout: Duration::from_millis(DEFAULT_FAILURE_TIMEOUT_MS),
+            request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+
+    fn merge(args: &NodeArgs, file: FileConfig) -> Result<NodeConfig, ConfigError> {
+        let node_id = args.node_id.clone().or(file.node_id);
+        let node_id = node_id.ok_or_else(|| invalid("--node-id is required"))?;
+        let listen = args.listen.clone().or(file.listen);
+        let listen = listen.ok_or_else(|| invalid("--listen is required"))?;
+
+        let mut members = BTreeMap::new();
+        for (id, address) in file.peers {
+            members.insert(NodeId(id), address);
+        }
+        for peer in &args.peers {
+            let (id, address) = parse_peer(peer)?;
+            members.insert(id, address);
+        }
+        members.insert(NodeId(node_id.clone()), listen.clone());
+
+        let millis = |flag: Option<u64>, file: Option<u64>, default: u64| {
+            Duration::from_millis(flag.or(file).unwrap_or(default))
+        };
+        let config = NodeConfig {
+            cluster: args
+                .cluster
+                .clone()
+                .or(file.cluster)
+                .unwrap_or(DEFAULT_CLUSTER.into()),
+            node_id: NodeId(node_id.clone()),
+            listen,
+            members,
+            replicas: args.replicas.or(file.replicas).unwrap_or(DEFAULT_REPLICAS),
+            partitions: args
+                .partitions
+                .or(file.partitions)
+                .unwrap_or(DEFAULT_PARTITIONS),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("data").join(&node_id)),
+            heartbeat_interval: millis(
+                args.heartbeat_interval_ms,
+                file.heartbeat_interval_ms,
+                DEFAULT_HEARTBEAT_INTERVAL_MS,
+            ),
+            failure_timeout: millis(
+                args.failure_timeout_ms,
+                file.failure_timeout_ms,
+                DEFAULT_FAILURE_TIMEOUT_MS,
+            ),
+            request_timeout: millis(
+                args.request_timeout_ms,
+                file.request_timeout_ms,
+                DEFAULT_REQUEST_TIMEOUT_MS,
+            ),
+            max_frame_bytes: args
+                .max_frame_bytes
+                .or(file.max_frame_bytes)
+                .unwrap_or(DEFAULT_MAX_FRAME_BYTES),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.replicas == 0 {
+            return Err(invalid("replicas must be at least 1"));
+        }
+        if self.partitions == 0 || !self.partitions.is_power_of_two() {
+            return Err(invalid("partitions must be a power of two"));
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(invalid("max-frame-bytes must be at least 1024"));
+        }
+        if self.failure_timeout <= self.heartbeat_interval {
+            return Err(invalid(
+                "failure-timeout-ms must exceed heartbeat-interval-ms",
+            ));
+        }
+        Ok(())
+    }
+
+    /// N as it applies to keys: never more than the members that exist.
+    pub fn effective_replicas(&self) -> usize {
+        self.replicas.min(self.members.len())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn parse_peer(text: &str) -> Result<(NodeId, String), ConfigError> {
+    match text.split_once('=') {
+        Some((id, address)) if !id.is_empty() && address.contains(':') => {
+            Ok((NodeId(id.to_owned()), address.to_owned()))
+        }
+        _ => Err(invalid(&format!("--peer '{text}' is not ID=HOST:PORT"))),
+    }
+}
+
+fn invalid(message: &str) -> ConfigError {
+    ConfigError::Invalid(message.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> NodeArgs {
+        let base = [
+            "quorumkv-node",
+            "--node-id",
+            "n1",
+            "--listen",
+            "127.0.0.1:7101",
+        ];
+        NodeArgs::parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn flags_name_every_member_including_this_node() {
+        // Goal: peers given as flags plus this node make the member list.
+        let config = NodeConfig::load(&args(&["--peer", "n2=127.0.0.1:7102"])).unwrap();
+        assert_eq!(config.members.len(), 2);
+        assert_eq!(config.members[&NodeId("n1".into())], "127.0.0.1:7101");
+        assert_eq!(config.replicas, DEFAULT_REPLICAS);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        // Goal: a flag wins over the same setting in the TOML file.
+        let dir = std::env::temp_dir().join(format!("quorumkv-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        let toml = "cluster = \"prod\"\nreplicas = 2\n[peers]\nn2 = \"127.0.0.1:7102\"\n";
+        std::fs::write(&path, toml).unwrap();
+
+        let path_flag = path.to_str().unwrap();
+        let config = NodeConfig::load(&args(&["--config", path_flag, "--replicas", "3"])).unwrap();
+        assert_eq!(config.cluster, "prod");
+        assert_eq!(config.replicas, 3);
+        assert_eq!(config.members.len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        // Goal: a misconfiguration stops the node with a message, not a panic later.
+        let error = NodeConfig::load(&args(&["--partitions", "100"])).unwrap_err();
+        assert!(error.to_string().contains("power of two"));
+        let error = NodeConfig::load(&args(&["--peer", "n2"])).unwrap_err();
+        assert!(error.to_string().contains("ID=HOST:PORT"));
+    }
+}

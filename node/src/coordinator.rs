@@ -1,0 +1,411 @@
+//! Coordinating client requests over a key's replicas.
+//!
+//! Writes: a node that is not one of the key's N home replicas forwards the write to the
+//! first home replica that answers; the home replica applies the write locally (issuing
+//! the new dot with its own actor), then sends the resulting state to the other homes and
+//! answers once W of them, itself included, hold it. Strict quorum: only home replicas
+//! count, so with R + W > N every read overlaps every acknowledged write.
+//!
+//! Reads: any node asks all N home replicas, answers after R replies, and merges them.
+//! Replicas among those R that were behind are repaired before the answer (so one
+//! client's quorum reads never go backwards); late replies are merged and repaired in the
+//! background.
+//!
+//! Failure reporting: `Unavailable` is decided before anything is written, from the
+//! failure detector's view; `Timeout` reports the acknowledgements actually counted, and
+//! for a write means the outcome is unknown.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use quorumkv_client::consistency::Access;
+use quorumkv_client::protocol::{Context, ErrorReply, Request, Response};
+use quorumkv_client::{Consistency, Error, NodeId};
+
+use crate::env::Env;
+use crate::node::Node;
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::versions::{VersionVector, Versions};
+
+/// A write as the coordinator sees it: `value: None` is a delete.
+pub(crate) struct Write {
+    pub key: Bytes,
+    pub value: Option<Bytes>,
+    pub context: Option<Context>,
+    pub level: Consistency,
+    pub sloppy: bool,
+}
+
+impl Write {
+    pub fn from_request(request: Request) -> Option<Write> {
+        match request {
+            Request::Put {
+                key,
+                value,
+                context,
+                write,
+                sloppy,
+            } => Some(Write {
+                key,
+                value: Some(value),
+                context,
+                level: write,
+                sloppy,
+            }),
+            Request::Delete {
+                key,
+                context,
+                write,
+                sloppy,
+            } => Some(Write {
+                key,
+                value: None,
+                context,
+                level: write,
+                sloppy,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl<E: Env> Node<E> {
+    /// Answers one client request.
+    pub async fn handle_client(self: &Arc<Self>, request: Request) -> Response {
+        let result = match request {
+            Request::Get { key, read } => self.read(key, read).await.map(found),
+            Request::Status => Ok(Response::Status(self.status_report())),
+            Request::Ring { key } => Ok(Response::Ring(self.ring_report(key.as_deref()))),
+            write => match Write::from_request(write) {
+                Some(write) => self.write(write).await.map(|()| Response::Written),
+                None => unreachable!("every other request is a write"),
+            },
+        };
+        result.unwrap_or_else(|error| Response::Error(ErrorReply::from(&error)))
+    }
+
+    fn home_replicas(&self, key: &[u8]) -> &[NodeId] {
+        self.ring.home_replicas(self.ring.partition_of(key))
+    }
+
+    /// Entry point for a write from a client: coordinate it here or forward it home.
+    pub(crate) async fn write(self: &Arc<Self>, write: Write) -> Result<(), Error> {
+        let homes = self.home_replicas(&write.key);
+        let required = write.level.required(homes.len(), Access::Write)?;
+        if write.sloppy {
+            // TODO: sloppy quorums arrive with hinted handoff; refusing is honest, acting
+            // strict while the caller asked for sloppy would not be.
+            return Err(Error::InvalidConsistency {
+                reason: "sloppy quorums are not supported by this node yet".into(),
+            });
+        }
+        if homes.contains(self.id()) {
+            self.coordinate_write(write, required).await
+        } else {
+            self.forward_write(write, required).await
+        }
+    }
+
+    /// Sends the write to the first home replica that takes it.
+    ///
+    /// Homes the failure detector believes up are tried first, in preference order. Once
+    /// the write has been handed to a home it is not retried elsewhere: the first home
+    /// may have applied it, and a second coordinator would add a duplicate sibling.
+    async fn forward_write(self: &Arc<Self>, write: Write, required: usize) -> Result<(), Error> {
+        let homes = self.home_replicas(&write.key).to_vec();
+        let now = self.env.now();
+        let (up, down): (Vec<&NodeId>, Vec<&NodeId>) = homes
+            .iter()
+            .partition(|home| self.membership.is_up(home, now));
+
+        let request = PeerRequest::Coordinate {
+            request: write.into_request(),
+        };
+        // Room for the home's own replica round trip before this hop gives up.
+        let timeout = self.config.request_timeout * 2;
+        for home in up.into_iter().chain(down) {
+            let Ok(connection) = self.peers.connect(home).await else {
+                self.membership.lost(home);
+                continue;
+            };
+            return match connection.call(&request, timeout).await {
+                Ok(PeerResponse::Coordinated(Response::Written)) => Ok(()),
+                Ok(PeerResponse::Coordinated(Response::Error(reply))) => Err(reply.into()),
+                Ok(PeerResponse::Error(reply)) => Err(reply.into()),
+                Ok(other) => Err(Error::Protocol {
+                    reason: format!("unexpected answer to a forwarded write: {other:?}"),
+                }),
+                // Sent, but no answer: the outcome is unknown, as with any write timeout.
+                Err(_) => Err(Error::Timeout {
+                    required,
+                    acknowledged: 0,
+                }),
+            };
+        }
+        Err(Error::Unavailable { required, alive: 0 })
+    }
+
+    /// Applies a write here (a home replica) and replicates it to the other homes.
+    pub(crate) async fn coordinate_write(
+        self: &Arc<Self>,
+        write: Write,
+        required: usize,
+    ) -> Result<(), Error> {
+        let homes = self.home_replicas(&write.key).to_vec();
+        let alive = self.membership.count_up(&homes, self.env.now());
+        if alive < required {
+            return Err(Error::Unavailable { required, alive });
+        }
+        let context = decode_context(write.context.as_ref())?;
+
+        let actor = self.actor.clone();
+        let value = write.value;
+        let event = Box::new(move |state: &mut Versions| {
+            state.write(&context, value, &actor);
+        });
+        let state = self
+            .store
+            .update(&write.key, event)
+            .await
+            .map_err(|e| Error::Server {
+                reason: e.to_string(),
+            })?;
+
+        // Every other home gets the write, even one believed down: the detector may be
+        // wrong, and a replica that takes it now needs no repair later. Only answers count.
+        let others = homes.into_iter().filter(|home| home != self.id());
+        let mut replies: FuturesUnordered<_> = others
+            .map(|home| self.replicate(home, write.key.clone(), state.clone()))
+            .collect();
+        let mut acknowledged = 1;
+        while acknowledged < required {
+            match replies.next().await {
+                Some(true) => acknowledged += 1,
+                Some(false) => {}
+                None => break,
+            }
+        }
+        if acknowledged < required {
+            return Err(Error::Timeout {
+                required,
+                acknowledged,
+            });
+        }
+        // The remaining homes still get the write; nobody waits for them.
+        tokio::spawn(async move { while replies.next().await.is_some() {} });
+        Ok(())
+    }
+
+    /// Sends `state` to a replica to merge; true when it acknowledged in time.
+    fn replicate(
+        self: &Arc<Self>,
+        replica: NodeId,
+        key: Bytes,
+        state: Versions,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let node = self.clone();
+        async move {
+            if replica == *node.id() {
+                let merge = Box::new(move |mine: &mut Versions| mine.merge(&state));
+                return node.store.update(&key, merge).await.is_ok();
+            }
+            let request = PeerRequest::Replicate { key, state };
+            let timeout = node.config.request_timeout;
+            match node.peers.call(&replica, &request, timeout).await {
+                Ok(PeerResponse::Merged) => {
+                    node.membership.heard_from(&replica, node.env.now());
+                    true
+                }
+                Ok(_) | Err(_) => false,
+            }
+        }
+    }
+
+    /// A replica's own state of a key, asked without coordination.
+    fn read_replica(
+        self: &Arc<Self>,
+        replica: NodeId,
+        key: Bytes,
+    ) -> impl std::future::Future<Output = (NodeId, Option<Versions>)> + Send + 'static {
+        let node = self.clone();
+        async move {
+            if replica == *node.id() {
+                let state = node
+                    .store
+                    .get(&key)
+                    .await
+                    .ok()
+                    .map(Option::unwrap_or_default);
+                return (replica, state);
+            }
+            let request = PeerRequest::Read { key };
+            let timeout = node.config.request_timeout;
+            let state = match node.peers.call(&replica, &request, timeout).await {
+                Ok(PeerResponse::State(state)) => {
+                    node.membership.heard_from(&replica, node.env.now());
+                    Some(state.unwrap_or_default())
+                }
+                Ok(_) | Err(_) => None,
+            };
+            (replica, state)
+        }
+    }
+
+    /// Reads a key at `level`, repairing stale replicas.
+    pub(crate) async fn read(
+        self: &Arc<Self>,
+        key: Bytes,
+        level: Consistency,
+    ) -> Result<Versions, Error> {
+        let homes = self.home_replicas(&key).to_vec();
+        let required = level.required(homes.len(), Access::Read)?;
+        let alive = self.membership.count_up(&homes, self.env.now());
+        if alive < required {
+            return Err(Error::Unavailable { required, alive });
+        }
+
+        let mut replies: FuturesUnordered<_> = homes
+            .into_iter()
+            .map(|home| self.read_replica(home, key.clone()))
+            .collect();
+        let mut answered = Vec::with_capacity(required);
+        while answered.len() < required {
+            match replies.next().await {
+                Some((node, Some(state))) => answered.push((node, state)),
+                Some((_, None)) => {}
+                None => break,
+            }
+        }
+        if answered.len() < required {
+            return Err(Error::Timeout {
+                required,
+                acknowledged: answered.len(),
+            });
+        }
+
+        let merged = merge_all(answered.iter().map(|(_, state)| state));
+        self.repair_before_answering(&key, &merged, &answered, required)
+            .await?;
+        self.repair_in_background(key, merged.clone(), answered, replies);
+        Ok(merged)
+    }
+
+    /// Brings the R replicas that answered up to the merged state.
+    ///
+    /// A later quorum read overlaps these R replicas, so once they all hold `merged` no
+    /// quorum read can return less. If too few confirm, the read fails rather than return
+    /// a state a following read might not see.
+    async fn repair_before_answering(
+        self: &Arc<Self>,
+        key: &Bytes,
+        merged: &Versions,
+        answered: &[(NodeId, Versions)],
+        required: usize,
+    ) -> Result<(), Error> {
+        let current = answered.iter().filter(|(_, state)| state == merged).count();
+        let repairs: FuturesUnordered<_> = answered
+            .iter()
+            .filter(|(_, state)| state != merged)
+            .map(|(node, _)| self.replicate(node.clone(), key.clone(), merged.clone()))
+            .collect();
+        let repaired = repairs
+            .filter(|ok| futures::future::ready(*ok))
+            .count()
+            .await;
+        let confirmed = current + repaired;
+        if repaired > 0 {
+            tracing::debug!(key = ?key, repaired, "read repair before answering");
+        }
+        if confirmed < required {
+            return Err(Error::Timeout {
+                required,
+                acknowledged: confirmed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for the replies that came after R, and repairs whoever is behind.
+    fn repair_in_background<F>(
+        self: &Arc<Self>,
+        key: Bytes,
+        merged: Versions,
+        answered: Vec<(NodeId, Versions)>,
+        mut late: FuturesUnordered<F>,
+    ) where
+        F: std::future::Future<Output = (NodeId, Option<Versions>)> + Send + 'static,
+    {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut known: Vec<(NodeId, Versions)> = answered
+                .into_iter()
+                .map(|(id, _)| (id, merged.clone()))
+                .collect();
+            while let Some((id, state)) = late.next().await {
+                if let Some(state) = state {
+                    known.push((id, state));
+                }
+            }
+            let total = merge_all(known.iter().map(|(_, state)| state));
+            let repairs: FuturesUnordered<_> = known
+                .into_iter()
+                .filter(|(_, state)| *state != total)
+                .map(|(id, _)| node.replicate(id, key.clone(), total.clone()))
+                .collect();
+            let repaired = repairs
+                .filter(|ok| futures::future::ready(*ok))
+                .count()
+                .await;
+            if repaired > 0 {
+                tracing::debug!(key = ?key, repaired, "background read repair");
+            }
+        });
+    }
+}
+
+impl Write {
+    fn into_request(self) -> Request {
+        match self.value {
+            Some(value) => Request::Put {
+                key: self.key,
+                value,
+                context: self.context,
+                write: self.level,
+                sloppy: self.sloppy,
+            },
+            None => Request::Delete {
+                key: self.key,
+                context: self.context,
+                write: self.level,
+                sloppy: self.sloppy,
+            },
+        }
+    }
+}
+
+fn merge_all<'a>(states: impl Iterator<Item = &'a Versions>) -> Versions {
+    let mut merged = Versions::new();
+    for state in states {
+        merged.merge(state);
+    }
+    merged
+}
+
+fn found(state: Versions) -> Response {
+    Response::Found {
+        values: state.values().into_iter().cloned().collect(),
+        context: Context(Bytes::from(state.context().encode())),
+    }
+}
+
+/// A client's context, or the empty one when it sent none (a blind write).
+fn decode_context(context: Option<&Context>) -> Result<VersionVector, Error> {
+    match context {
+        None => Ok(VersionVector::new()),
+        Some(context) if context.is_empty() => Ok(VersionVector::new()),
+        Some(context) => VersionVector::decode(&context.0).map_err(|e| Error::Rejected {
+            reason: format!("invalid context: {e}"),
+        }),
+    }
+}

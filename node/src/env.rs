@@ -1,0 +1,134 @@
+//! The seam between the node and the world.
+//!
+//! Everything the outside decides goes through [`Env`]: listening, dialling, the clock,
+//! the filesystem and the seed of the node's random numbers. [`TokioEnv`] is production;
+//! the simulator supplies its own over turmoil, so the same node code runs in both and a
+//! simulated run is reproducible from its seed. Outside the implementations of this trait
+//! the node never touches `tokio::net`, `std::fs`, the wall clock or a global RNG.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use quorumkv_client::connection::ByteStream;
+use tokio::time::Instant;
+
+/// A bound listener that yields accepted streams.
+pub trait Listener: Send + 'static {
+    type Stream: ByteStream;
+
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
+}
+
+pub trait Env: Clone + Send + Sync + 'static {
+    type Stream: ByteStream;
+    type Listener: Listener<Stream = Self::Stream>;
+
+    fn bind(&self, address: &str) -> impl Future<Output = io::Result<Self::Listener>> + Send;
+
+    fn connect(&self, address: &str) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+
+    /// Monotonic time, for timeouts and the failure detector.
+    fn now(&self) -> Instant;
+
+    /// Milliseconds since the Unix epoch, for ages that must survive a restart (hints,
+    /// tombstone grace). Never used to order versions.
+    fn wall_clock_millis(&self) -> u64;
+
+    /// The seed of this node's random number generator.
+    fn rng_seed(&self) -> u64;
+
+    /// The file's bytes, or `None` when it does not exist.
+    fn read_file(&self, path: &Path) -> impl Future<Output = io::Result<Option<Vec<u8>>>> + Send;
+
+    /// Replaces the file's content durably: write a temporary file, fsync, rename.
+    fn write_file_durably(
+        &self,
+        path: &Path,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = io::Result<()>> + Send;
+
+    fn create_dir_all(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// Real sockets, the real clock, the real disk.
+#[derive(Clone, Debug, Default)]
+pub struct TokioEnv;
+
+pub struct TokioListener(tokio::net::TcpListener);
+
+impl Listener for TokioListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Stream, String)> {
+        let (stream, peer) = self.0.accept().await?;
+        // Replies are small and latency-bound; never wait to coalesce them.
+        stream.set_nodelay(true)?;
+        Ok((stream, peer.to_string()))
+    }
+}
+
+impl Env for TokioEnv {
+    type Stream = tokio::net::TcpStream;
+    type Listener = TokioListener;
+
+    async fn bind(&self, address: &str) -> io::Result<TokioListener> {
+        Ok(TokioListener(tokio::net::TcpListener::bind(address).await?))
+    }
+
+    async fn connect(&self, address: &str) -> io::Result<tokio::net::TcpStream> {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn wall_clock_millis(&self) -> u64 {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        since_epoch.as_millis() as u64
+    }
+
+    fn rng_seed(&self) -> u64 {
+        rand::random()
+    }
+
+    async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        match tokio::fs::read(path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn write_file_durably(&self, path: &Path, bytes: Vec<u8>) -> io::Result<()> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || write_then_rename(&path, &bytes))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        tokio::fs::create_dir_all(path).await
+    }
+}
+
+/// A crash leaves either the old file or the new one, never a torn mix.
+fn write_then_rename(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+
+    let mut temporary = PathBuf::from(path);
+    temporary.as_mut_os_string().push(".tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

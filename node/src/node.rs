@@ -1,0 +1,189 @@
+//! A running node: its configuration, ring, store, peers and failure detector, and the
+//! tasks that keep it going (the accept loop and one heartbeat loop per peer).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quorumkv_client::protocol::{
+    MemberStatus, RingEntry, RingReport, StatusReport, PROTOCOL_VERSION,
+};
+use quorumkv_client::NodeId;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tracing::Instrument;
+
+use crate::config::NodeConfig;
+use crate::env::Env;
+use crate::identity::take_new_epoch;
+use crate::membership::Membership;
+use crate::peer::{PeerPool, PeerRequest, PeerResponse};
+use crate::ring::Ring;
+use crate::server;
+use crate::storage::{MemoryStore, Storage};
+use crate::versions::Actor;
+
+pub struct Node<E: Env> {
+    pub(crate) env: E,
+    pub(crate) config: NodeConfig,
+    pub(crate) ring: Ring,
+    /// The actor this node's dots carry for as long as the process lives.
+    pub(crate) actor: Actor,
+    pub(crate) store: Box<dyn Storage>,
+    pub(crate) peers: PeerPool<E>,
+    pub(crate) membership: Membership,
+    /// Jitter for periodic tasks, from the env's seed so simulated runs repeat.
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl<E: Env> Node<E> {
+    /// Prepares a node: takes a new epoch in the data dir and builds the ring.
+    pub async fn start(env: E, config: NodeConfig) -> anyhow::Result<Arc<Self>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(env.rng_seed());
+        let members: Vec<NodeId> = config.members.keys().cloned().collect();
+        let ring = Ring::new(&members, config.partitions, config.replicas)?;
+        let actor = take_new_epoch(&env, &config.data_dir, &config.node_id, &mut rng).await?;
+
+        // Dialling a live peer on loopback takes microseconds; a peer that has not answered
+        // within the heartbeat interval is as good as down for this attempt.
+        let connect_timeout = config.heartbeat_interval.max(Duration::from_millis(200));
+        let peers = PeerPool::new(
+            env.clone(),
+            &config.node_id,
+            &config.cluster,
+            &config.members,
+            config.max_frame_bytes,
+            connect_timeout,
+        );
+        let membership = Membership::new(config.node_id.clone(), config.failure_timeout);
+        tracing::info!(
+            node = %config.node_id,
+            epoch = actor.epoch,
+            members = members.len(),
+            replicas = config.replicas,
+            partitions = config.partitions,
+            protocol = PROTOCOL_VERSION,
+            "node starting"
+        );
+        Ok(Arc::new(Node {
+            env,
+            config,
+            ring,
+            actor,
+            store: Box::new(MemoryStore::default()),
+            peers,
+            membership,
+            rng: Mutex::new(rng),
+        }))
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.config.node_id
+    }
+
+    /// Listens on the configured address and serves until `shutdown` resolves.
+    pub async fn serve(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let listener = self.env.bind(&self.config.listen).await?;
+        tracing::info!(node = %self.id(), listen = %self.config.listen, "listening");
+
+        let mut tasks = Vec::new();
+        for peer in self.config.members.keys().filter(|id| *id != self.id()) {
+            let task = heartbeat_loop(self.clone(), peer.clone());
+            tasks.push(tokio::spawn(task.in_current_span()));
+        }
+        tokio::select! {
+            () = server::accept_loop(self.clone(), listener) => {}
+            () = shutdown => tracing::info!(node = %self.id(), "shutting down"),
+        }
+        for task in tasks {
+            task.abort();
+        }
+        Ok(())
+    }
+
+    /// A random fraction of `base` added to it, so that peers' timers drift apart.
+    fn jittered(&self, base: Duration) -> Duration {
+        let extra = self.rng.lock().expect("rng lock").gen_range(0.0..0.25);
+        base.mul_f64(1.0 + extra)
+    }
+}
+
+/// Probes one peer forever; any answer marks it alive.
+async fn heartbeat_loop<E: Env>(node: Arc<Node<E>>, peer: NodeId) {
+    loop {
+        let probe = node.peers.call(
+            &peer,
+            &PeerRequest::Heartbeat,
+            node.config.heartbeat_interval,
+        );
+        match probe.await {
+            Ok(PeerResponse::Alive) => node.membership.heard_from(&peer, node.env.now()),
+            Ok(other) => tracing::warn!(%peer, ?other, "unexpected heartbeat answer"),
+            Err(error) => tracing::trace!(%peer, %error, "heartbeat failed"),
+        }
+        tokio::time::sleep(node.jittered(node.config.heartbeat_interval)).await;
+    }
+}
+
+/// Starts a node on `env` and serves until `shutdown`; the whole life of a process.
+pub async fn run<E: Env>(
+    env: E,
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let span = tracing::info_span!("node", id = %config.node_id);
+    async move {
+        let node = Node::start(env, config).await?;
+        node.serve(shutdown).await
+    }
+    .instrument(span)
+    .await
+}
+
+impl<E: Env> Node<E> {
+    /// Members as this node sees them: up or down, and how many partitions each owns.
+    pub fn status_report(&self) -> StatusReport {
+        let now = self.env.now();
+        let members = self
+            .config
+            .members
+            .iter()
+            .map(|(id, address)| MemberStatus {
+                node: id.clone(),
+                address: address.clone(),
+                up: self.membership.is_up(id, now),
+                partitions_owned: self.ring.owned_partitions(id).len() as u32,
+            })
+            .collect();
+        StatusReport {
+            node: self.id().clone(),
+            cluster: self.config.cluster.clone(),
+            replicas: self.ring.replicas() as u32,
+            partitions: self.ring.partitions(),
+            members,
+        }
+    }
+
+    /// The partition table, or one key's partition and preference list.
+    pub fn ring_report(&self, key: Option<&[u8]>) -> RingReport {
+        let partitions: Vec<u32> = match key {
+            Some(key) => vec![self.ring.partition_of(key)],
+            None => (0..self.ring.partitions()).collect(),
+        };
+        let entries = partitions
+            .into_iter()
+            .map(|partition| RingEntry {
+                partition,
+                owner: self.ring.owner(partition).clone(),
+                home: self.ring.home_replicas(partition).to_vec(),
+                fallbacks: self.ring.fallbacks(partition).to_vec(),
+            })
+            .collect();
+        RingReport {
+            partitions: self.ring.partitions(),
+            replicas: self.ring.replicas() as u32,
+            key_hash: key.map(crate::ring::key_hash),
+            entries,
+        }
+    }
+}

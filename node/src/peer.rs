@@ -1,0 +1,137 @@
+//! Node-to-node messages and the pool of connections that carries them.
+//!
+//! Peers speak in the same envelopes as clients, after a hello that names the sending
+//! node. The pool keeps one multiplexed connection per member; a call that fails or times
+//! out drops the connection, and the next call dials again (DESIGN: on a simulated network
+//! a stream that lost a segment may hang forever, so a timed-out stream is never reused).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quorumkv_client::connection::Connection;
+use quorumkv_client::protocol::{ErrorReply, Hello, Request, Response, Role, PROTOCOL_VERSION};
+use quorumkv_client::{Error, NodeId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::env::Env;
+use crate::versions::Versions;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Liveness probe for the failure detector.
+    Heartbeat,
+    /// This replica's state of a key, without coordination.
+    Read { key: Bytes },
+    /// Merge this state into the replica's own (replication and repair).
+    Replicate { key: Bytes, state: Versions },
+    /// A write sent by a node that is not a home replica, for a home replica to coordinate.
+    Coordinate { request: Request },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    Alive,
+    State(Option<Versions>),
+    Merged,
+    Coordinated(Response),
+    Error(ErrorReply),
+}
+
+type PeerConnection = Connection<PeerRequest, PeerResponse>;
+
+struct PeerSlot {
+    address: String,
+    // A tokio mutex held while dialling, so that many callers waiting on one dead peer
+    // cause one connect attempt, not one each.
+    connection: Mutex<Option<Arc<PeerConnection>>>,
+}
+
+pub struct PeerPool<E: Env> {
+    env: E,
+    hello: Hello,
+    max_frame_bytes: usize,
+    /// Dialling gives up after this; the peer is treated as unreachable.
+    connect_timeout: Duration,
+    peers: BTreeMap<NodeId, PeerSlot>,
+}
+
+impl<E: Env> PeerPool<E> {
+    pub fn new(
+        env: E,
+        me: &NodeId,
+        cluster: &str,
+        members: &BTreeMap<NodeId, String>,
+        max_frame_bytes: usize,
+        connect_timeout: Duration,
+    ) -> Self {
+        let hello = Hello {
+            protocol: PROTOCOL_VERSION,
+            cluster: cluster.to_owned(),
+            role: Role::Peer { node: me.clone() },
+        };
+        let peers = members
+            .iter()
+            .filter(|(id, _)| *id != me)
+            .map(|(id, address)| {
+                let slot = PeerSlot {
+                    address: address.clone(),
+                    connection: Mutex::new(None),
+                };
+                (id.clone(), slot)
+            })
+            .collect();
+        PeerPool {
+            env,
+            hello,
+            max_frame_bytes,
+            connect_timeout,
+            peers,
+        }
+    }
+
+    /// Sends one request to `peer` and waits at most `timeout` for the answer.
+    pub async fn call(
+        &self,
+        peer: &NodeId,
+        request: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, Error> {
+        let connection = self.connect(peer).await?;
+        match connection.call(request, timeout).await? {
+            PeerResponse::Error(reply) => Err(reply.into()),
+            response => Ok(response),
+        }
+    }
+
+    /// The open connection to `peer`, dialling one if there is none.
+    pub async fn connect(&self, peer: &NodeId) -> Result<Arc<PeerConnection>, Error> {
+        let slot = self.peers.get(peer).ok_or_else(|| Error::Protocol {
+            reason: format!("{peer} is not a member"),
+        })?;
+        let mut guard = slot.connection.lock().await;
+        if let Some(connection) = guard.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(connection.clone());
+        }
+
+        let dial = async {
+            let stream = self.env.connect(&slot.address).await?;
+            PeerConnection::open(stream, &slot.address, &self.hello, self.max_frame_bytes).await
+        };
+        let (connection, node) = tokio::time::timeout(self.connect_timeout, dial)
+            .await
+            .map_err(|_| Error::ConnectionLost {
+                node: peer.to_string(),
+            })??;
+        if node != *peer {
+            return Err(Error::Protocol {
+                reason: format!("{} answered as {node}, expected {peer}", slot.address),
+            });
+        }
+        let connection = Arc::new(connection);
+        *guard = Some(connection.clone());
+        Ok(connection)
+    }
+}

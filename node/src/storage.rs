@@ -1,0 +1,96 @@
+//! Where a node keeps its replicas of keys.
+//!
+//! The [`Storage`] trait is what the coordinator and the replica handlers use; it hides
+//! whether state lives in memory or on disk. `update` is the one way to change a key: it
+//! applies a change to the key's current state atomically (no other update of the same key
+//! interleaves) and returns the new state, which is durable once the future resolves.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use futures::future::{self, BoxFuture};
+
+use crate::ring::key_hash;
+use crate::versions::Versions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A change applied to one key's state under that key's lock.
+pub type Change<'a> = Box<dyn FnOnce(&mut Versions) + Send + 'a>;
+
+pub trait Storage: Send + Sync + 'static {
+    /// The key's state, or `None` when this node holds nothing for it.
+    fn get<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Result<Option<Versions>, StorageError>>;
+
+    /// Applies `change` to the key's state (empty if absent) and returns the result.
+    fn update<'a>(
+        &'a self,
+        key: &'a [u8],
+        change: Change<'a>,
+    ) -> BoxFuture<'a, Result<Versions, StorageError>>;
+
+    /// How many keys this node holds (tombstones included).
+    fn key_count(&self) -> usize;
+}
+
+/// Lock stripes: enough that concurrent writers on two cores rarely meet on one lock.
+const MEMORY_SHARDS: usize = 64;
+
+/// Keeps everything in memory; lost when the process ends. Unit tests and, until the log
+/// store lands, the default.
+pub struct MemoryStore {
+    // BTreeMap so that any future scan (anti-entropy, status) sees keys in one order.
+    shards: Vec<Mutex<BTreeMap<Bytes, Versions>>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        let shards = (0..MEMORY_SHARDS)
+            .map(|_| Mutex::new(BTreeMap::new()))
+            .collect();
+        MemoryStore { shards }
+    }
+}
+
+impl MemoryStore {
+    fn shard(&self, key: &[u8]) -> &Mutex<BTreeMap<Bytes, Versions>> {
+        &self.shards[(key_hash(key) % MEMORY_SHARDS as u64) as usize]
+    }
+}
+
+impl Storage for MemoryStore {
+    fn get<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Result<Option<Versions>, StorageError>> {
+        let state = self
+            .shard(key)
+            .lock()
+            .expect("shard lock")
+            .get(key)
+            .cloned();
+        Box::pin(future::ready(Ok(state)))
+    }
+
+    fn update<'a>(
+        &'a self,
+        key: &'a [u8],
+        change: Change<'a>,
+    ) -> BoxFuture<'a, Result<Versions, StorageError>> {
+        let mut shard = self.shard(key).lock().expect("shard lock");
+        let state = shard.entry(Bytes::copy_from_slice(key)).or_default();
+        change(state);
+        let result = state.clone();
+        drop(shard);
+        Box::pin(future::ready(Ok(result)))
+    }
+
+    fn key_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().expect("shard lock").len())
+            .sum()
+    }
+}
