@@ -77,21 +77,25 @@ pub struct NodeArgs {
     /// Another member, as ID=HOST:PORT; repeat for each.
     #[arg(long = "peer", value_name = "ID=HOST:PORT")]
     pub peers: Vec<String>,
-    /// Replicas per key (N).
+    /// Replicas per key (N) [default: 3].
     #[arg(long)]
     pub replicas: Option<usize>,
-    /// Ring partitions (Q), a power of two fixed when the cluster is created.
+    /// Ring partitions (Q), a power of two fixed when the cluster is created [default: 256].
     #[arg(long)]
     pub partitions: Option<u32>,
-    /// Directory for this node's identity and data.
+    /// Directory for this node's identity and data [default: data/NODE_ID].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// How often each peer is probed [default: 500].
     #[arg(long)]
     pub heartbeat_interval_ms: Option<u64>,
+    /// A peer silent this long is marked down [default: 2000].
     #[arg(long)]
     pub failure_timeout_ms: Option<u64>,
+    /// How long a coordinator waits for replicas before answering Timeout [default: 2000].
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
+    /// Largest frame accepted from a client or peer [default: 16 MiB].
     #[arg(long)]
     pub max_frame_bytes: Option<usize>,
 }
