@@ -8,14 +8,19 @@
 #   scripts/cluster.sh restart NODE   start one node again (after kill or stop)
 #
 # Environment:
-#   QUORUMKV_BASE_PORT  port of n1, the others follow (default 7101)
+#   QUORUMKV_BASE_PORT  port of n1, the others follow (default 7101); `start` records it,
+#                       later commands on the same QUORUMKV_HOME reuse it
 #   QUORUMKV_HOME       where data, logs and pid files go (default .cluster in the repo)
 #   QUORUMKV_NODE_ARGS  extra flags for every quorumkv-node
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 home=${QUORUMKV_HOME:-$repo/.cluster}
-base_port=${QUORUMKV_BASE_PORT:-7101}
+if [ -z "${QUORUMKV_BASE_PORT:-}" ] && [ -f "$home/base_port" ] && [ "${1:-}" != start ]; then
+  base_port=$(cat "$home/base_port")
+else
+  base_port=${QUORUMKV_BASE_PORT:-7101}
+fi
 bin=$repo/target/release
 # How long `start` and `restart` wait for nodes to answer before giving up.
 ready_timeout_secs=60
@@ -30,14 +35,25 @@ size() {
 }
 
 build() {
-  # cargo only rebuilds what changed, so this is quick when the binaries are current.
-  (cd "$repo" && cargo build --release --quiet -p quorumkv-node -p quorumkv-client) \
+  # cargo only rebuilds what changed, so this is quick when the binaries are current. The
+  # first build takes a few minutes; cargo's progress goes to standard error.
+  if [ ! -x "$bin/quorumkv-node" ] || [ ! -x "$bin/quorumkv" ]; then
+    echo "building the release binaries (the first build takes a few minutes)..." >&2
+  fi
+  (cd "$repo" && cargo build --release -p quorumkv-node -p quorumkv-client) \
     || die "build failed"
+}
+
+# A process that exited but was not yet reaped (a zombie) still answers kill -0.
+alive() {
+  local state
+  state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [[ $state != Z* ]]
 }
 
 running() {
   local pid_file=$home/$1.pid
-  [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null
+  [ -f "$pid_file" ] && alive "$(cat "$pid_file")"
 }
 
 launch() {
@@ -80,6 +96,7 @@ start() {
   build
   mkdir -p "$home"
   echo "$n" >"$home/size"
+  echo "$base_port" >"$home/base_port"
   for ((i = 1; i <= n; i++)); do launch "n$i" "$n"; done
   for ((i = 1; i <= n; i++)); do wait_ready "n$i" "$n"; done
   echo "cluster of $n nodes up on 127.0.0.1:$base_port..$((base_port + n - 1)) (home $home)"
@@ -93,7 +110,7 @@ stop() {
       pid=$(cat "$home/n$i.pid")
       kill "$pid" 2>/dev/null || true
       # Give it a few seconds to exit cleanly before insisting.
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
       kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$home/n$i.pid"
@@ -150,5 +167,5 @@ case ${1:-} in
   status) status ;;
   kill) kill_node "${2:-}" ;;
   restart) restart_node "${2:-}" ;;
-  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,/^set /p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -20,7 +20,7 @@ use crate::connection::{ByteStream, Connection};
 use crate::consistency::Consistency;
 use crate::error::Error;
 use crate::protocol::{
-    Context, Hello, Request, Response, RingReport, Role, StatusReport, DEFAULT_CLUSTER,
+    Context, Hello, LocalState, Request, Response, RingReport, Role, StatusReport, DEFAULT_CLUSTER,
     PROTOCOL_VERSION,
 };
 
@@ -197,6 +197,18 @@ impl Client {
     pub async fn status(&self) -> Result<StatusReport, Error> {
         match self.call(&Request::Status, true).await? {
             Response::Status(report) => Ok(report),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The state of `key` on the node this client reaches first, without coordination.
+    /// Give the client one node's address to choose which node answers.
+    pub async fn inspect(&self, key: impl Into<Bytes>) -> Result<LocalState, Error> {
+        match self
+            .call(&Request::Inspect { key: key.into() }, true)
+            .await?
+        {
+            Response::Local(state) => Ok(state),
             other => Err(unexpected(&other)),
         }
     }

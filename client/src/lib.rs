@@ -19,7 +19,7 @@ pub mod consistency;
 pub mod error;
 pub mod protocol;
 
-pub use client::{Client, ClientConfig, GetResult};
+pub use client::{Client, ClientConfig, GetResult, WriteOptions};
 pub use consistency::Consistency;
 pub use error::Error;
 pub use protocol::{Context, NodeId};

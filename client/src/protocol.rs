@@ -124,6 +124,10 @@ pub enum Request {
     Ring {
         key: Option<Bytes>,
     },
+    /// The answering node's own state of a key, without asking any other replica.
+    Inspect {
+        key: Bytes,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -137,7 +141,26 @@ pub enum Response {
     Written,
     Status(StatusReport),
     Ring(RingReport),
+    Local(LocalState),
     Error(ErrorReply),
+}
+
+/// One node's own copy of a key, as `inspect` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalState {
+    pub node: NodeId,
+    /// Every sibling with its dot (`actor.epoch:counter`); `value: None` is a tombstone.
+    pub siblings: Vec<LocalSibling>,
+    /// The state's causal context, as a get would return it.
+    pub context: Context,
+    /// Whether the node holds anything for the key at all, tombstones included.
+    pub exists: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalSibling {
+    pub dot: String,
+    pub value: Option<Bytes>,
 }
 
 /// An error as it travels; [`Error`] is what callers see.

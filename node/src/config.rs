@@ -40,6 +40,9 @@ pub struct NodeConfig {
     pub failure_timeout: Duration,
     pub request_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// Repair stale replicas found by reads. Off only to show, in tests and the
+    /// simulator, that replicas then stay apart.
+    pub read_repair: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,9 @@ pub struct NodeArgs {
     /// Largest frame accepted from a client or peer [default: 16 MiB].
     #[arg(long)]
     pub max_frame_bytes: Option<usize>,
+    /// Repair replicas that a read found behind [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub read_repair: Option<bool>,
 }
 
 /// The same settings as they appear in a TOML file.
@@ -116,6 +122,7 @@ struct FileConfig {
     failure_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     max_frame_bytes: Option<usize>,
+    read_repair: Option<bool>,
 }
 
 impl NodeConfig {
@@ -146,6 +153,7 @@ impl NodeConfig {
             failure_timeout: Duration::from_millis(DEFAULT_FAILURE_TIMEOUT_MS),
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            read_repair: true,
         }
     }
 
@@ -163,7 +171,14 @@ impl NodeConfig {
             let (id, address) = parse_peer(peer)?;
             members.insert(id, address);
         }
-        members.insert(NodeId(node_id.clone()), listen.clone());
+        let me = NodeId(node_id.clone());
+        if members.get(&me).is_some_and(|address| *address != listen) {
+            return Err(invalid(&format!(
+                "{node_id} is listed as its own peer with address {}, but listens on {listen}",
+                members[&me]
+            )));
+        }
+        members.insert(me, listen.clone());
 
         let millis = |flag: Option<u64>, file: Option<u64>, default: u64| {
             Duration::from_millis(flag.or(file).unwrap_or(default))
@@ -206,12 +221,16 @@ impl NodeConfig {
                 .max_frame_bytes
                 .or(file.max_frame_bytes)
                 .unwrap_or(DEFAULT_MAX_FRAME_BYTES),
+            read_repair: args.read_repair.or(file.read_repair).unwrap_or(true),
         };
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.cluster.is_empty() || self.node_id.0.is_empty() {
+            return Err(invalid("cluster and node id must not be empty"));
+        }
         if self.replicas == 0 {
             return Err(invalid("replicas must be at least 1"));
         }

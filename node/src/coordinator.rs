@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use quorumkv_client::consistency::Access;
-use quorumkv_client::protocol::{Context, ErrorReply, Request, Response};
+use quorumkv_client::protocol::{Context, ErrorReply, LocalSibling, LocalState, Request, Response};
 use quorumkv_client::{Consistency, Error, NodeId};
 
 use crate::env::Env;
@@ -77,6 +77,7 @@ impl<E: Env> Node<E> {
             Request::Get { key, read } => self.read(key, read).await.map(found),
             Request::Status => Ok(Response::Status(self.status_report())),
             Request::Ring { key } => Ok(Response::Ring(self.ring_report(key.as_deref()))),
+            Request::Inspect { key } => self.inspect(&key).await.map(Response::Local),
             write => match Write::from_request(write) {
                 Some(write) => self.write(write).await.map(|()| Response::Written),
                 None => unreachable!("every other request is a write"),
@@ -126,7 +127,6 @@ impl<E: Env> Node<E> {
         let timeout = self.config.request_timeout * 2;
         for home in up.into_iter().chain(down) {
             let Ok(connection) = self.peers.connect(home).await else {
-                self.membership.lost(home);
                 continue;
             };
             return match connection.call(&request, timeout).await {
@@ -212,13 +212,8 @@ impl<E: Env> Node<E> {
             }
             let request = PeerRequest::Replicate { key, state };
             let timeout = node.config.request_timeout;
-            match node.peers.call(&replica, &request, timeout).await {
-                Ok(PeerResponse::Merged) => {
-                    node.membership.heard_from(&replica, node.env.now());
-                    true
-                }
-                Ok(_) | Err(_) => false,
-            }
+            let reply = node.peers.call(&replica, &request, timeout).await;
+            matches!(reply, Ok(PeerResponse::Merged))
         }
     }
 
@@ -242,10 +237,7 @@ impl<E: Env> Node<E> {
             let request = PeerRequest::Read { key };
             let timeout = node.config.request_timeout;
             let state = match node.peers.call(&replica, &request, timeout).await {
-                Ok(PeerResponse::State(state)) => {
-                    node.membership.heard_from(&replica, node.env.now());
-                    Some(state.unwrap_or_default())
-                }
+                Ok(PeerResponse::State(state)) => Some(state.unwrap_or_default()),
                 Ok(_) | Err(_) => None,
             };
             (replica, state)
@@ -285,9 +277,11 @@ impl<E: Env> Node<E> {
         }
 
         let merged = merge_all(answered.iter().map(|(_, state)| state));
-        self.repair_before_answering(&key, &merged, &answered, required)
-            .await?;
-        self.repair_in_background(key, merged.clone(), answered, replies);
+        if self.config.read_repair {
+            self.repair_before_answering(&key, &merged, &answered, required)
+                .await?;
+            self.repair_in_background(key, merged.clone(), answered, replies);
+        }
         Ok(merged)
     }
 
@@ -381,6 +375,31 @@ impl Write {
                 sloppy: self.sloppy,
             },
         }
+    }
+}
+
+impl<E: Env> Node<E> {
+    /// This node's own state of a key, for `inspect` and the simulator's checkers.
+    async fn inspect(&self, key: &[u8]) -> Result<LocalState, Error> {
+        let state = self.store.get(key).await.map_err(|e| Error::Server {
+            reason: e.to_string(),
+        })?;
+        let exists = state.is_some();
+        let state = state.unwrap_or_default();
+        let siblings = state
+            .siblings()
+            .iter()
+            .map(|sibling| LocalSibling {
+                dot: sibling.dot.to_string(),
+                value: sibling.value.clone(),
+            })
+            .collect();
+        Ok(LocalState {
+            node: self.id().clone(),
+            siblings,
+            context: Context(Bytes::from(state.context().encode())),
+            exists,
+        })
     }
 }
 

@@ -31,7 +31,7 @@ pub struct Node<E: Env> {
     pub(crate) actor: Actor,
     pub(crate) store: Box<dyn Storage>,
     pub(crate) peers: PeerPool<E>,
-    pub(crate) membership: Membership,
+    pub(crate) membership: Arc<Membership>,
     /// Jitter for periodic tasks, from the env's seed so simulated runs repeat.
     rng: Mutex<ChaCha8Rng>,
 }
@@ -41,21 +41,32 @@ impl<E: Env> Node<E> {
     pub async fn start(env: E, config: NodeConfig) -> anyhow::Result<Arc<Self>> {
         let mut rng = ChaCha8Rng::seed_from_u64(env.rng_seed());
         let members: Vec<NodeId> = config.members.keys().cloned().collect();
-        let ring = Ring::new(&members, config.partitions, config.replicas)?;
+        if config.replicas > members.len() {
+            tracing::warn!(
+                replicas = config.replicas,
+                members = members.len(),
+                "fewer members than replicas: each key is stored on every member"
+            );
+        }
+        let ring = Ring::new(&members, config.partitions, config.effective_replicas())?;
         let actor = take_new_epoch(&env, &config.data_dir, &config.node_id, &mut rng).await?;
 
         // Dialling a live peer on loopback takes microseconds; a peer that has not answered
         // within the heartbeat interval is as good as down for this attempt.
         let connect_timeout = config.heartbeat_interval.max(Duration::from_millis(200));
+        let membership = Arc::new(Membership::new(
+            config.node_id.clone(),
+            config.failure_timeout,
+        ));
         let peers = PeerPool::new(
             env.clone(),
+            membership.clone(),
             &config.node_id,
             &config.cluster,
             &config.members,
             config.max_frame_bytes,
             connect_timeout,
         );
-        let membership = Membership::new(config.node_id.clone(), config.failure_timeout);
         tracing::info!(
             node = %config.node_id,
             epoch = actor.epoch,
@@ -117,7 +128,7 @@ async fn heartbeat_loop<E: Env>(node: Arc<Node<E>>, peer: NodeId) {
             node.config.heartbeat_interval,
         );
         match probe.await {
-            Ok(PeerResponse::Alive) => node.membership.heard_from(&peer, node.env.now()),
+            Ok(PeerResponse::Alive) => {}
             Ok(other) => tracing::warn!(%peer, ?other, "unexpected heartbeat answer"),
             Err(error) => tracing::trace!(%peer, %error, "heartbeat failed"),
         }

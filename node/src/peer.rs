@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::env::Env;
+use crate::membership::Membership;
 use crate::versions::Versions;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,6 +52,9 @@ struct PeerSlot {
 
 pub struct PeerPool<E: Env> {
     env: E,
+    /// Told of every answer (the peer is alive) and every refused dial (it is not), so
+    /// the failure detector learns from all traffic, not only from heartbeats.
+    membership: Arc<Membership>,
     hello: Hello,
     max_frame_bytes: usize,
     /// Dialling gives up after this; the peer is treated as unreachable.
@@ -61,6 +65,7 @@ pub struct PeerPool<E: Env> {
 impl<E: Env> PeerPool<E> {
     pub fn new(
         env: E,
+        membership: Arc<Membership>,
         me: &NodeId,
         cluster: &str,
         members: &BTreeMap<NodeId, String>,
@@ -85,6 +90,7 @@ impl<E: Env> PeerPool<E> {
             .collect();
         PeerPool {
             env,
+            membership,
             hello,
             max_frame_bytes,
             connect_timeout,
@@ -100,7 +106,9 @@ impl<E: Env> PeerPool<E> {
         timeout: Duration,
     ) -> Result<PeerResponse, Error> {
         let connection = self.connect(peer).await?;
-        match connection.call(request, timeout).await? {
+        let response = connection.call(request, timeout).await?;
+        self.membership.heard_from(peer, self.env.now());
+        match response {
             PeerResponse::Error(reply) => Err(reply.into()),
             response => Ok(response),
         }
@@ -120,11 +128,20 @@ impl<E: Env> PeerPool<E> {
             let stream = self.env.connect(&slot.address).await?;
             PeerConnection::open(stream, &slot.address, &self.hello, self.max_frame_bytes).await
         };
-        let (connection, node) = tokio::time::timeout(self.connect_timeout, dial)
-            .await
-            .map_err(|_| Error::ConnectionLost {
-                node: peer.to_string(),
-            })??;
+        let dialled = tokio::time::timeout(self.connect_timeout, dial).await;
+        let (connection, node) = match dialled {
+            Ok(Ok(dialled)) => dialled,
+            Ok(Err(error)) => {
+                self.membership.lost(peer);
+                return Err(error);
+            }
+            Err(_) => {
+                self.membership.lost(peer);
+                return Err(Error::ConnectionLost {
+                    node: peer.to_string(),
+                });
+            }
+        };
         if node != *peer {
             return Err(Error::Protocol {
                 reason: format!("{} answered as {node}, expected {peer}", slot.address),

@@ -86,6 +86,14 @@ pub enum Command {
     Import(ImportArgs),
     /// Read back every record of a file and check it is stored as `import` wrote it
     Verify(VerifyArgs),
+    /// Show one node's own copy of a key (siblings, tombstones, context), asking no other
+    Inspect {
+        /// The key to look at
+        key: String,
+        /// The node whose copy to show, by id (e.g. n2), as `status` names it
+        #[arg(long)]
+        node: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -137,7 +145,8 @@ pub struct WriteArgs {
     pub consistency: Consistency,
 
     /// Context from an earlier get: replaces exactly the versions that get returned.
-    /// Without it the write adds a concurrent version (sibling).
+    /// Without it, put adds a concurrent version (sibling) and delete first reads the key
+    /// at the same level and deletes what that read saw.
     #[arg(long, value_name = "CTX", value_parser = parse_context)]
     pub context: Option<Context>,
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use quorumkv_client::Client;
 use tokio::io::AsyncReadExt;
 
-use crate::args::{DeleteArgs, GetArgs, PutArgs};
+use crate::args::{DeleteArgs, GetArgs, GlobalArgs, PutArgs};
 use crate::exit;
 use crate::output;
 
@@ -51,10 +51,19 @@ pub async fn put(client: &Client, args: &PutArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// Without `--context`, deletes what a read at the same level sees: a tombstone that
+/// covers nothing would leave every value in place, which no one asking to delete wants.
 pub async fn delete(client: &Client, args: &DeleteArgs) -> anyhow::Result<u8> {
     let write = &args.write;
+    let context = match &write.context {
+        Some(context) => context.clone(),
+        None => {
+            let level = crate::import::read_level(write.consistency);
+            client.get(args.key.clone(), level).await?.context
+        }
+    };
     client
-        .delete(args.key.clone(), write.context.as_ref(), write.consistency)
+        .delete(args.key.clone(), Some(&context), write.consistency)
         .await?;
     Ok(exit::OK)
 }
@@ -75,6 +84,28 @@ pub async fn ring(client: &Client, key: Option<&str>) -> anyhow::Result<u8> {
         None => output::ring_table(&report),
     };
     print!("{text}");
+    Ok(exit::OK)
+}
+
+/// Finds the node's address through `status`, then asks that node alone.
+pub async fn inspect(
+    client: &Client,
+    global: &GlobalArgs,
+    key: &str,
+    node: &str,
+) -> anyhow::Result<u8> {
+    let report = client.status().await?;
+    let member = report.members.iter().find(|member| member.node.0 == node);
+    let Some(member) = member else {
+        let known: Vec<&str> = report.members.iter().map(|m| m.node.0.as_str()).collect();
+        output::complain(&format!("no node {node}; members: {}", known.join(", ")));
+        return Ok(exit::USAGE);
+    };
+
+    let mut config = crate::client_config(global);
+    config.nodes = vec![member.address.clone()];
+    let state = Client::new(config)?.inspect(key.to_owned()).await?;
+    print!("{}", output::local_state(key, &state));
     Ok(exit::OK)
 }
 

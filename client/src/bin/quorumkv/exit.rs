@@ -5,7 +5,8 @@ use quorumkv_client::Error;
 pub const OK: u8 = 0;
 /// The key does not exist, or `verify` found records missing or different.
 pub const NOT_FOUND: u8 = 1;
-// 2, a usage error, is never returned here: clap prints the usage and exits with it.
+/// A usage error found after parsing (clap exits with 2 itself for the rest).
+pub const USAGE: u8 = 2;
 /// The consistency level was not met (`unavailable` or `timeout`).
 pub const CONSISTENCY: u8 = 3;
 /// Anything else: no node reachable, a refused request, an unreadable file, ...
@@ -15,6 +16,8 @@ pub const OTHER: u8 = 4;
 pub fn code_for(error: &anyhow::Error) -> u8 {
     match error.downcast_ref::<Error>() {
         Some(error) if error.is_consistency_failure() => CONSISTENCY,
+        // A level the cluster can never meet (R or W above N) is the caller's mistake.
+        Some(Error::InvalidConsistency { .. }) => USAGE,
         _ => OTHER,
     }
 }

@@ -20,6 +20,9 @@ use tokio::io::DuplexStream;
 /// Keys the fake refuses with `unavailable`.
 pub const UNAVAILABLE_PREFIX: &str = "down-";
 
+/// The context the fake hands out with every read.
+const SEEN: &[u8] = b"seen";
+
 /// Bytes buffered in each direction of an in-memory stream.
 const PIPE_BYTES: usize = 64 * 1024;
 
@@ -68,14 +71,24 @@ fn answer(store: &Store, request: Request) -> Response {
     let mut store = store.lock().expect("store lock");
     match request {
         Request::Get { key, .. } if key.starts_with(UNAVAILABLE_PREFIX.as_bytes()) => unavailable(),
+        // The context only says "this read saw the key"; a put carrying it replaces all.
         Request::Get { key, .. } => Response::Found {
             values: store.get(&key).cloned().unwrap_or_default(),
-            context: Context::default(),
+            context: Context(Bytes::from_static(SEEN)),
         },
         Request::Put { key, .. } if key.starts_with(UNAVAILABLE_PREFIX.as_bytes()) => unavailable(),
         // Without a context a put adds a sibling, as a real node does.
-        Request::Put { key, value, .. } => {
-            store.entry(key).or_default().push(value);
+        Request::Put {
+            key,
+            value,
+            context,
+            ..
+        } => {
+            let siblings = store.entry(key).or_default();
+            if context.is_some_and(|c| !c.is_empty()) {
+                siblings.clear();
+            }
+            siblings.push(value);
             Response::Written
         }
         other => Response::Error(ErrorReply::Server {

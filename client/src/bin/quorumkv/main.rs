@@ -62,10 +62,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ring { key } => commands::ring(&client, key.as_deref()).await,
         Command::Import(args) => import::run(&client, args).await,
         Command::Verify(args) => verify::run(&client, args).await,
+        Command::Inspect { key, node } => commands::inspect(&client, &cli.global, key, node).await,
     }
 }
 
-fn client_config(global: &GlobalArgs) -> ClientConfig {
+pub fn client_config(global: &GlobalArgs) -> ClientConfig {
     let request_timeout = Duration::from_millis(global.timeout_ms);
     let mut config = ClientConfig::new(&global.nodes);
     config.cluster = global.cluster.clone();

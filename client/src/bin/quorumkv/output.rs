@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use base64::Engine;
 use bytes::Bytes;
-use quorumkv_client::protocol::{RingEntry, RingReport, StatusReport};
+use quorumkv_client::protocol::{LocalState, RingEntry, RingReport, StatusReport};
 use quorumkv_client::GetResult;
 use serde::Serialize;
 
@@ -115,6 +115,30 @@ pub fn ring_table(report: &RingReport) -> String {
         .iter()
         .map(|entry: &RingEntry| vec![entry.partition.to_string(), names(&entry.home, ",")]);
     table(&["PARTITION", "HOME"], rows.collect())
+}
+
+/// One node's copy of a key: each sibling with its dot, tombstones marked.
+pub fn local_state(key: &str, state: &LocalState) -> String {
+    let mut text = format!("{key} on {}:", state.node);
+    if !state.exists {
+        text.push_str(" nothing stored\n");
+        return text;
+    }
+    text.push_str(&format!(" {} siblings\n", state.siblings.len()));
+    let rows = state
+        .siblings
+        .iter()
+        .map(|sibling| {
+            let value = match &sibling.value {
+                Some(value) => String::from_utf8_lossy(value).into_owned(),
+                None => "(tombstone)".to_owned(),
+            };
+            vec![sibling.dot.clone(), value]
+        })
+        .collect();
+    text.push_str(&table(&["DOT", "VALUE"], rows));
+    text.push_str(&format!("context: {}\n", state.context));
+    text
 }
 
 fn names(nodes: &[quorumkv_client::NodeId], separator: &str) -> String {

@@ -1,0 +1,100 @@
+//! The node's [`Env`] inside turmoil: simulated sockets, clock and disk.
+//!
+//! Time is turmoil's (tokio's clock inside each simulated host), the wall clock is
+//! turmoil's fixed epoch plus simulated time, files live in the host's simulated
+//! filesystem (unsynced writes vanish on a crash), and the node's seed is derived from the
+//! run's seed, the node's name and how many times it has booted, so a restarted node draws
+//! new numbers (a new epoch) but the same ones in every replay.
+
+use std::io;
+use std::path::Path;
+
+use quorumkv_node::env::{Env, Listener};
+use tokio::time::Instant;
+use turmoil::fs::shim::tokio::fs as simfs;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+#[derive(Clone, Debug)]
+pub struct SimEnv {
+    seed: u64,
+}
+
+impl SimEnv {
+    pub fn new(run_seed: u64, node: &str, boot: u64) -> Self {
+        let mut name = node.as_bytes().to_vec();
+        name.extend_from_slice(&boot.to_le_bytes());
+        SimEnv {
+            seed: xxh3_64_with_seed(&name, run_seed),
+        }
+    }
+}
+
+pub struct SimListener(turmoil::net::TcpListener);
+
+impl Listener for SimListener {
+    type Stream = turmoil::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Stream, String)> {
+        let (stream, peer) = self.0.accept().await?;
+        Ok((stream, peer.to_string()))
+    }
+}
+
+impl Env for SimEnv {
+    type Stream = turmoil::net::TcpStream;
+    type Listener = SimListener;
+
+    async fn bind(&self, address: &str) -> io::Result<SimListener> {
+        // A host binds its own port; turmoil routes by host name, so only the port matters.
+        let port = address.rsplit(':').next().unwrap_or_default();
+        let bound = turmoil::net::TcpListener::bind(format!("0.0.0.0:{port}")).await?;
+        Ok(SimListener(bound))
+    }
+
+    async fn connect(&self, address: &str) -> io::Result<turmoil::net::TcpStream> {
+        turmoil::net::TcpStream::connect(address).await
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn wall_clock_millis(&self) -> u64 {
+        turmoil::since_epoch().unwrap_or_default().as_millis() as u64
+    }
+
+    fn rng_seed(&self) -> u64 {
+        self.seed
+    }
+
+    async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        match simfs::read(path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn write_file_durably(&self, path: &Path, bytes: Vec<u8>) -> io::Result<()> {
+        let mut temporary = path.to_owned();
+        temporary.as_mut_os_string().push(".tmp");
+        let file = simfs::File::create(&temporary).await?;
+        let mut written = 0;
+        while written < bytes.len() {
+            match file.write_at(&bytes[written..], written as u64).await? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => written += n,
+            }
+        }
+        file.sync_all().await?;
+        simfs::rename(&temporary, path).await?;
+        if let Some(dir) = path.parent() {
+            simfs::sync_dir(dir).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        simfs::create_dir_all(path).await
+    }
+}
