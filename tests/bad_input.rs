@@ -135,6 +135,62 @@ async fn a_malformed_context_is_rejected_and_nothing_is_written() -> anyhow::Res
     Ok(())
 }
 
+#[tokio::test]
+async fn a_forged_context_cannot_exhaust_a_coordinators_dots() -> anyhow::Result<()> {
+    // Goal: a context claiming 2^64-1 writes by the coordinator is refused (it would wrap
+    // the next dot to zero and make every later write vanish), and honest writes go on.
+    let cluster = Cluster::start(3, 3).await?;
+    let client = cluster.client_of(0)?;
+    client.put("victim", "v1", None, Consistency::All).await?;
+    let read = client.get("victim", Consistency::All).await?;
+
+    let clock = quorumkv_node::versions::VersionVector::decode(&read.context.0)?;
+    let forged: Vec<_> = clock
+        .iter()
+        .map(|(actor, _)| (actor.clone(), u64::MAX))
+        .collect();
+    let forged = Context(Bytes::from(rmp_serde::to_vec(&forged)?));
+    let error = client
+        .put("victim", "v2", Some(&forged), Consistency::All)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Rejected { .. }), "{error}");
+
+    client
+        .put("victim", "v3", Some(&read.context), Consistency::All)
+        .await?;
+    let read = cluster
+        .client_of(2)?
+        .get("victim", Consistency::All)
+        .await?;
+    assert_eq!(read.values, vec![Bytes::from_static(b"v3")]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_write_that_would_outgrow_the_frame_limit_is_refused() -> anyhow::Result<()> {
+    // Goal: siblings that together could no longer be replicated or returned in one frame
+    // are refused up front with a clear reason; the key stays readable everywhere.
+    let cluster = Cluster::start(3, 3).await?;
+    let client = cluster.client()?;
+    let big = Bytes::from(vec![7u8; 9 * 1024 * 1024]);
+    client
+        .put("big", big.clone(), None, Consistency::All)
+        .await?;
+
+    let error = client
+        .put("big", big.clone(), None, Consistency::All)
+        .await
+        .unwrap_err();
+    let Error::Rejected { reason } = error else {
+        anyhow::bail!("{error}")
+    };
+    assert!(reason.contains("frame limit"), "{reason}");
+    let read = client.get("big", Consistency::All).await?;
+    assert_eq!(read.values, vec![big]);
+    still_serving(&cluster).await
+}
+
 /// Tiny helpers over the framed halves, to keep the tests free of sink and stream traits.
 mod futures_like {
     use bytes::{Bytes, BytesMut};

@@ -48,7 +48,12 @@ pub struct Hello {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     Client,
-    Peer { node: NodeId },
+    /// `ring` fingerprints the sender's placement settings (members, N, Q): two nodes that
+    /// place keys differently must not replicate to each other.
+    Peer {
+        node: NodeId,
+        ring: u64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -6,7 +6,8 @@
 //! answers once W of them, itself included, hold it. Strict quorum: only home replicas
 //! count, so with R + W > N every read overlaps every acknowledged write.
 //!
-//! Reads: any node asks all N home replicas, answers after R replies, and merges them.
+//! Reads: any node asks the home replicas it believes up, answers after R replies, and
+//! merges them.
 //! Replicas among those R that were behind are repaired before the answer (so one
 //! client's quorum reads never go backwards); late replies are merged and repaired in the
 //! background.
@@ -26,7 +27,12 @@ use quorumkv_client::{Consistency, Error, NodeId};
 use crate::env::Env;
 use crate::node::Node;
 use crate::peer::{PeerRequest, PeerResponse};
+use crate::storage::{Change, StorageError};
 use crate::versions::{VersionVector, Versions};
+
+/// Bytes a replication or reply frame needs beyond the values it carries: dots, clocks,
+/// the key and the envelope. Generous, so a state that passes never fails to frame.
+const FRAME_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// A write as the coordinator sees it: `value: None` is a delete.
 pub(crate) struct Write {
@@ -159,22 +165,23 @@ impl<E: Env> Node<E> {
         }
         let context = decode_context(write.context.as_ref())?;
 
-        let actor = self.actor.clone();
-        let value = write.value;
-        let event = Box::new(move |state: &mut Versions| {
-            state.write(&context, value, &actor);
-        });
-        let state = self
-            .store
-            .update(&write.key, event)
-            .await
-            .map_err(|e| Error::Server {
-                reason: e.to_string(),
-            })?;
+        let event = self.write_event(context, write.value);
+        let state = match self.store.update(&write.key, event).await {
+            Ok(state) => state,
+            Err(StorageError::Refused(reason)) => return Err(Error::Rejected { reason }),
+            Err(error) => {
+                return Err(Error::Server {
+                    reason: error.to_string(),
+                })
+            }
+        };
 
-        // Every other home gets the write, even one believed down: the detector may be
-        // wrong, and a replica that takes it now needs no repair later. Only answers count.
-        let others = homes.into_iter().filter(|home| home != self.id());
+        // Homes the detector believes down are skipped (DESIGN: they are repaired later):
+        // dialling a dead or hung peer on every write piles up tasks behind its dial.
+        let now = self.env.now();
+        let others = homes
+            .into_iter()
+            .filter(|home| home != self.id() && self.membership.is_up(home, now));
         let mut replies: FuturesUnordered<_> = others
             .map(|home| self.replicate(home, write.key.clone(), state.clone()))
             .collect();
@@ -197,6 +204,36 @@ impl<E: Env> Node<E> {
         Ok(())
     }
 
+    /// The coordinator's event on a key's state, refused when it could not be replicated
+    /// or would misuse this node's dots.
+    fn write_event(&self, context: VersionVector, value: Option<Bytes>) -> Change<'static> {
+        let actor = self.actor.clone();
+        // Room for dots, clock and framing around the values in one replication frame.
+        let limit = self
+            .config
+            .max_frame_bytes
+            .saturating_sub(FRAME_OVERHEAD_BYTES);
+        Box::new(move |state: &mut Versions| {
+            // A context that saw more of this actor's writes than this node holds is
+            // forged (within one epoch a coordinator never loses its own writes); writing
+            // on it could reuse or overflow a dot.
+            if state.forgot_own_writes(&context, &actor) || state.exhausted(&actor) {
+                return Err(format!(
+                    "context claims writes by {actor} that it never made"
+                ));
+            }
+            let added = value.as_ref().map_or(0, Bytes::len);
+            if state.value_bytes() + added > limit {
+                return Err(format!(
+                    "the key's versions would exceed the frame limit of {limit} bytes; \
+                     resolve its siblings or write a smaller value"
+                ));
+            }
+            state.write(&context, value, &actor);
+            Ok(())
+        })
+    }
+
     /// Sends `state` to a replica to merge; true when it acknowledged in time.
     fn replicate(
         self: &Arc<Self>,
@@ -207,7 +244,10 @@ impl<E: Env> Node<E> {
         let node = self.clone();
         async move {
             if replica == *node.id() {
-                let merge = Box::new(move |mine: &mut Versions| mine.merge(&state));
+                let merge = Box::new(move |mine: &mut Versions| {
+                    mine.merge(&state);
+                    Ok(())
+                });
                 return node.store.update(&key, merge).await.is_ok();
             }
             let request = PeerRequest::Replicate { key, state };
@@ -257,8 +297,12 @@ impl<E: Env> Node<E> {
             return Err(Error::Unavailable { required, alive });
         }
 
+        // As for writes, homes believed down are not asked; read repair or a later read
+        // brings them back up to date.
+        let now = self.env.now();
         let mut replies: FuturesUnordered<_> = homes
             .into_iter()
+            .filter(|home| self.membership.is_up(home, now))
             .map(|home| self.read_replica(home, key.clone()))
             .collect();
         let mut answered = Vec::with_capacity(required);

@@ -51,22 +51,11 @@ impl<E: Env> Node<E> {
         let ring = Ring::new(&members, config.partitions, config.effective_replicas())?;
         let actor = take_new_epoch(&env, &config.data_dir, &config.node_id, &mut rng).await?;
 
-        // Dialling a live peer on loopback takes microseconds; a peer that has not answered
-        // within the heartbeat interval is as good as down for this attempt.
-        let connect_timeout = config.heartbeat_interval.max(Duration::from_millis(200));
         let membership = Arc::new(Membership::new(
             config.node_id.clone(),
             config.failure_timeout,
         ));
-        let peers = PeerPool::new(
-            env.clone(),
-            membership.clone(),
-            &config.node_id,
-            &config.cluster,
-            &config.members,
-            config.max_frame_bytes,
-            connect_timeout,
-        );
+        let peers = PeerPool::new(env.clone(), membership.clone(), &config, ring.fingerprint());
         tracing::info!(
             node = %config.node_id,
             epoch = actor.epoch,

@@ -15,7 +15,9 @@ use quorumkv_client::protocol::{ErrorReply, Hello, Request, Response, Role, PROT
 use quorumkv_client::{Error, NodeId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
+use crate::config::NodeConfig;
 use crate::env::Env;
 use crate::membership::Membership;
 use crate::versions::Versions;
@@ -43,11 +45,17 @@ pub enum PeerResponse {
 
 type PeerConnection = Connection<PeerRequest, PeerResponse>;
 
+/// The shortest dial timeout, even with very fast heartbeats (tests use 100 ms).
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+
 struct PeerSlot {
     address: String,
     // A tokio mutex held while dialling, so that many callers waiting on one dead peer
     // cause one connect attempt, not one each.
     connection: Mutex<Option<Arc<PeerConnection>>>,
+    /// After a failed dial, calls fail at once until then instead of queueing for the
+    /// next attempt: a dead or hung peer must not hold a task per request.
+    retry_at: std::sync::Mutex<Option<Instant>>,
 }
 
 pub struct PeerPool<E: Env> {
@@ -63,27 +71,26 @@ pub struct PeerPool<E: Env> {
 }
 
 impl<E: Env> PeerPool<E> {
-    pub fn new(
-        env: E,
-        membership: Arc<Membership>,
-        me: &NodeId,
-        cluster: &str,
-        members: &BTreeMap<NodeId, String>,
-        max_frame_bytes: usize,
-        connect_timeout: Duration,
-    ) -> Self {
+    /// A pool for every member but this node; `ring` is this node's ring fingerprint.
+    pub fn new(env: E, membership: Arc<Membership>, config: &NodeConfig, ring: u64) -> Self {
+        let me = &config.node_id;
         let hello = Hello {
             protocol: PROTOCOL_VERSION,
-            cluster: cluster.to_owned(),
-            role: Role::Peer { node: me.clone() },
+            cluster: config.cluster.clone(),
+            role: Role::Peer {
+                node: me.clone(),
+                ring,
+            },
         };
-        let peers = members
+        let peers = config
+            .members
             .iter()
             .filter(|(id, _)| *id != me)
             .map(|(id, address)| {
                 let slot = PeerSlot {
                     address: address.clone(),
                     connection: Mutex::new(None),
+                    retry_at: std::sync::Mutex::new(None),
                 };
                 (id.clone(), slot)
             })
@@ -92,8 +99,10 @@ impl<E: Env> PeerPool<E> {
             env,
             membership,
             hello,
-            max_frame_bytes,
-            connect_timeout,
+            max_frame_bytes: config.max_frame_bytes,
+            // Dialling a live peer on loopback takes microseconds; a peer that has not
+            // answered within the heartbeat interval is as good as down for this attempt.
+            connect_timeout: config.heartbeat_interval.max(MIN_CONNECT_TIMEOUT),
             peers,
         }
     }
@@ -119,9 +128,18 @@ impl<E: Env> PeerPool<E> {
         let slot = self.peers.get(peer).ok_or_else(|| Error::Protocol {
             reason: format!("{peer} is not a member"),
         })?;
+        let unreachable = || Error::ConnectionLost {
+            node: peer.to_string(),
+        };
+        if self.should_wait(peer, slot) {
+            return Err(unreachable());
+        }
         let mut guard = slot.connection.lock().await;
         if let Some(connection) = guard.as_ref().filter(|c| !c.is_closed()) {
             return Ok(connection.clone());
+        }
+        if self.should_wait(peer, slot) {
+            return Err(unreachable());
         }
 
         let dial = async {
@@ -132,14 +150,12 @@ impl<E: Env> PeerPool<E> {
         let (connection, node) = match dialled {
             Ok(Ok(dialled)) => dialled,
             Ok(Err(error)) => {
-                self.membership.lost(peer);
+                self.dial_failed(peer, slot);
                 return Err(error);
             }
             Err(_) => {
-                self.membership.lost(peer);
-                return Err(Error::ConnectionLost {
-                    node: peer.to_string(),
-                });
+                self.dial_failed(peer, slot);
+                return Err(unreachable());
             }
         };
         if node != *peer {
@@ -150,5 +166,29 @@ impl<E: Env> PeerPool<E> {
         let connection = Arc::new(connection);
         *guard = Some(connection.clone());
         Ok(connection)
+    }
+
+    fn dial_failed(&self, peer: &NodeId, slot: &PeerSlot) {
+        self.membership.lost(peer);
+        let retry_at = self.env.now() + self.connect_timeout;
+        *slot.retry_at.lock().expect("retry lock") = Some(retry_at);
+    }
+}
+
+impl PeerSlot {
+    fn backing_off(&self, now: Instant) -> bool {
+        self.retry_at
+            .lock()
+            .expect("retry lock")
+            .is_some_and(|at| now < at)
+    }
+}
+
+impl<E: Env> PeerPool<E> {
+    /// Skip dialling a peer that refused recently, unless it has since been heard from
+    /// (it dialled us, so it is back).
+    fn should_wait(&self, peer: &NodeId, slot: &PeerSlot) -> bool {
+        let now = self.env.now();
+        slot.backing_off(now) && !self.membership.is_up(peer, now)
     }
 }

@@ -22,7 +22,10 @@ impl<E: Env> Node<E> {
                 Err(error) => server_error(&error),
             },
             PeerRequest::Replicate { key, state } => {
-                let merge = Box::new(move |mine: &mut Versions| mine.merge(&state));
+                let merge = Box::new(move |mine: &mut Versions| {
+                    mine.merge(&state);
+                    Ok(())
+                });
                 match self.store.update(&key, merge).await {
                     Ok(_) => PeerResponse::Merged,
                     Err(error) => server_error(&error),

@@ -98,6 +98,17 @@ pub struct Ring {
 }
 
 impl Ring {
+    /// A hash of what decides placement: Q, N and the members. Nodes with different
+    /// fingerprints would disagree on every key's home replicas.
+    pub fn fingerprint(&self) -> u64 {
+        let mut text = format!("{} {}", self.partitions, self.replicas);
+        for member in &self.members {
+            text.push(' ');
+            text.push_str(&member.0);
+        }
+        key_hash(text.as_bytes())
+    }
+
     /// Builds the ring for `members` (in any order) with `partitions` partitions and `n`
     /// replicas per key.
     pub fn new(members: &[NodeId], partitions: u32, n: usize) -> Result<Ring, RingError> {

@@ -88,7 +88,7 @@ async fn serve_connection<E: Env, S: ByteStream>(node: Arc<Node<E>>, stream: S, 
     {
         Ok(role) => role,
         Err(reason) => {
-            tracing::debug!(%remote, %reason, "hello refused");
+            tracing::warn!(%remote, %reason, "hello refused");
             let _ = writer.send(encode(&HelloReply::Refused { reason })).await;
             return;
         }
@@ -109,7 +109,7 @@ async fn serve_connection<E: Env, S: ByteStream>(node: Arc<Node<E>>, stream: S, 
             };
             serve_frames(reader, writer, handler, remote).await;
         }
-        Role::Peer { node: peer } => {
+        Role::Peer { node: peer, .. } => {
             node.membership.heard_from(&peer, node.env.now());
             let handler = move |request: PeerRequest| {
                 let node = node.clone();
@@ -133,9 +133,14 @@ fn check_hello<E: Env>(node: &Node<E>, hello: Hello) -> Result<Role, String> {
             node.config.cluster, hello.cluster
         ));
     }
-    if let Role::Peer { node: peer } = &hello.role {
+    if let Role::Peer { node: peer, ring } = &hello.role {
         if !node.config.members.contains_key(peer) {
             return Err(format!("{peer} is not a member of this cluster"));
+        }
+        if *ring != node.ring.fingerprint() {
+            return Err(format!(
+                "{peer} places keys differently (members, replicas or partitions differ)"
+            ));
         }
     }
     Ok(hello.role)
@@ -158,7 +163,12 @@ async fn serve_frames<S, Req, Resp, H, F>(
     let writer_task = tokio::spawn(write_frames(writer, queue));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
 
+    let limit = max_frame(&reader);
     let refusal = loop {
+        if replies.is_closed() {
+            // The writer failed: nothing more can be answered on this connection.
+            break None;
+        }
         let frame = match reader.next().await {
             None => break None,
             Some(Ok(frame)) => frame,
@@ -179,11 +189,7 @@ async fn serve_frames<S, Req, Resp, H, F>(
         let replies = replies.clone();
         let reply = handler(envelope.body);
         let task = async move {
-            let body = reply.await;
-            let frame = encode(&Envelope {
-                id: envelope.id,
-                body,
-            });
+            let frame = reply_frame(envelope.id, reply.await, limit);
             let _ = replies.send(frame).await;
             drop(permit);
         };
@@ -203,6 +209,25 @@ async fn serve_frames<S, Req, Resp, H, F>(
     if refusal.is_some() {
         drain(reader).await;
     }
+}
+
+/// The encoded reply, or an error in its place when the reply would not fit in a frame
+/// (the codec would refuse it, and the writer with it, leaving the caller waiting).
+fn reply_frame<Resp: Reply>(id: u64, body: Resp, limit: usize) -> Bytes {
+    let frame = encode(&Envelope { id, body });
+    if frame.len() <= limit {
+        return frame;
+    }
+    let error = ErrorReply::Server {
+        reason: format!(
+            "reply of {} bytes exceeds the frame limit of {limit}",
+            frame.len()
+        ),
+    };
+    encode(&Envelope {
+        id,
+        body: Resp::error(error),
+    })
 }
 
 fn max_frame<S>(reader: &FrameReader<S>) -> usize {

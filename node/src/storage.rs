@@ -18,16 +18,21 @@ use crate::versions::Versions;
 pub enum StorageError {
     #[error("storage i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// The change itself declined to apply; nothing was stored.
+    #[error("{0}")]
+    Refused(String),
 }
 
-/// A change applied to one key's state under that key's lock.
-pub type Change<'a> = Box<dyn FnOnce(&mut Versions) + Send + 'a>;
+/// A change applied to one key's state under that key's lock. It may refuse (returning
+/// the reason) only before it has modified the state.
+pub type Change<'a> = Box<dyn FnOnce(&mut Versions) -> Result<(), String> + Send + 'a>;
 
 pub trait Storage: Send + Sync + 'static {
     /// The key's state, or `None` when this node holds nothing for it.
     fn get<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, Result<Option<Versions>, StorageError>>;
 
-    /// Applies `change` to the key's state (empty if absent) and returns the result.
+    /// Applies `change` to the key's state (empty if absent) and returns the result; if
+    /// the change refuses, nothing is stored and the error is `Refused`.
     fn update<'a>(
         &'a self,
         key: &'a [u8],
@@ -80,11 +85,19 @@ impl Storage for MemoryStore {
         change: Change<'a>,
     ) -> BoxFuture<'a, Result<Versions, StorageError>> {
         let mut shard = self.shard(key).lock().expect("shard lock");
-        let state = shard.entry(Bytes::copy_from_slice(key)).or_default();
-        change(state);
-        let result = state.clone();
+        let result = match shard.get_mut(key) {
+            Some(state) => change(state).map(|()| state.clone()),
+            None => {
+                let mut state = Versions::new();
+                let applied = change(&mut state);
+                applied.map(|()| {
+                    shard.insert(Bytes::copy_from_slice(key), state.clone());
+                    state
+                })
+            }
+        };
         drop(shard);
-        Box::pin(future::ready(Ok(result)))
+        Box::pin(future::ready(result.map_err(StorageError::Refused)))
     }
 
     fn key_count(&self) -> usize {

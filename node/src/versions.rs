@@ -185,7 +185,10 @@ impl VersionVector {
 
     /// Issues the next dot of `actor` and marks it as seen.
     fn next_dot(&mut self, actor: &Actor) -> Dot {
-        let counter = self.get(actor) + 1;
+        let counter = self
+            .get(actor)
+            .checked_add(1)
+            .expect("the coordinator refuses to write for an actor whose counter is exhausted");
         self.raise(actor, counter);
         Dot {
             actor: actor.clone(),
@@ -343,6 +346,22 @@ impl Versions {
     /// and back). Writing as `actor` could then reuse a dot a replica already holds, and that
     /// replica would drop the new write as seen: take a new epoch first. It only detects a loss
     /// the client happened to see; losses it did not see are the epoch rule's job.
+    /// Whether `actor` can issue no further dot for this key (its counter is at the
+    /// maximum; only a forged state can get there).
+    pub fn exhausted(&self, actor: &Actor) -> bool {
+        self.clock.get(actor) == u64::MAX
+    }
+
+    /// The bytes of all values held, tombstones counting nothing: what a reply or a
+    /// replication frame of this state will mostly consist of.
+    pub fn value_bytes(&self) -> usize {
+        self.siblings
+            .iter()
+            .filter_map(|s| s.value.as_ref())
+            .map(|v| v.len())
+            .sum()
+    }
+
     pub fn forgot_own_writes(&self, context: &VersionVector, actor: &Actor) -> bool {
         context.get(actor) > self.clock.get(actor)
     }

@@ -35,6 +35,7 @@ pub fn check(input: &CheckInput) -> Vec<Violation> {
     let finals = final_values(input.final_reads);
     let mut violations = Vec::new();
     violations.extend(no_panics(input.panics));
+    violations.extend(made_progress(input.history));
     violations.extend(final_reads_answered(input.final_reads));
     violations.extend(acknowledged_writes_survive(&index, &finals));
     violations.extend(covered_values_never_return(&index, &finals, input.strict));
@@ -100,6 +101,18 @@ fn no_panics(panics: usize) -> Option<Violation> {
         key: String::new(),
         ops: Vec::new(),
         detail: format!("{panics} panics in node code"),
+    })
+}
+
+/// A run in which no write was acknowledged checked nothing worth having: every other
+/// checker passes vacuously on it. Faults are spread out, so some writes always get in.
+fn made_progress(history: &[Op]) -> Option<Violation> {
+    let acknowledged = history.iter().any(|op| op.acknowledged());
+    (!acknowledged).then(|| Violation {
+        checker: "progress",
+        key: String::new(),
+        ops: Vec::new(),
+        detail: format!("none of {} operations acknowledged a write", history.len()),
     })
 }
 
@@ -343,6 +356,13 @@ mod tests {
             read(3, &["b"], (60, 70)),
         ];
         assert!(run(&history, &["b"]).is_empty());
+    }
+
+    #[test]
+    fn a_run_that_acknowledged_nothing_is_reported() {
+        // Goal: a history without one acknowledged write fails instead of passing vacuously.
+        let history = [read(0, &[], (0, 10))];
+        assert_eq!(run(&history, &[]), vec!["progress"]);
     }
 
     #[test]

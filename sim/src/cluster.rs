@@ -34,7 +34,7 @@ const MAX_SIMULATED: Duration = Duration::from_secs(3_600);
 /// After heal: time for the failure detectors to see everyone up again.
 const SETTLE: Duration = Duration::from_secs(5);
 /// Expected simulated length of the workload, over which faults are spread.
-const MS_PER_OP_PER_CLIENT: u64 = 40;
+const MS_PER_OP_PER_CLIENT: u64 = 60;
 /// Message latency between faults: loopback-like, but never zero, so replies interleave.
 const NORMAL_MAX_LATENCY: Duration = Duration::from_millis(5);
 

@@ -101,10 +101,10 @@ pub struct FaultEvent {
 }
 
 /// How long the workload is expected to run; episodes are spread over it.
-const EPISODE_MIN_MS: u64 = 500;
-const EPISODE_MAX_MS: u64 = 4_000;
-const GAP_MIN_MS: u64 = 200;
-const GAP_MAX_MS: u64 = 2_000;
+const EPISODE_MIN_MS: u64 = 300;
+const EPISODE_MAX_MS: u64 = 2_500;
+const GAP_MIN_MS: u64 = 100;
+const GAP_MAX_MS: u64 = 800;
 /// Message loss rate while a loss episode lasts. Each lost segment stalls a turmoil TCP
 /// stream until the RPC times out and the connection is dialled again.
 const LOSS_RATE: f64 = 0.05;

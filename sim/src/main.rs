@@ -159,6 +159,9 @@ fn run_one(seed: u64, options: &Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for fault in &report.faults {
+        println!("fault at {:?}: {:?}", fault.at, fault.action);
+    }
     for violation in &report.violations {
         println!(
             "violation {}: key {} ops {:?}: {}",

@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 
 /// Seeds in the CI sweep; each is a full run of 500 operations under faults.
 const SWEEP_SEEDS: &str = "1..101";
+/// Every fault kind but crashes, which the in-memory store cannot survive (see below).
+const SURVIVABLE_FAULTS: &str = "partition,loss,latency";
 /// Seeds in which a planted violation must show up at least once.
 const PLANTED_SEEDS: &str = "1..11";
 
@@ -35,13 +37,32 @@ fn trace(output: &Output) -> anyhow::Result<String> {
 }
 
 #[test]
-fn a_sweep_with_every_fault_kind_passes_at_quorum() -> anyhow::Result<()> {
-    // Goal: the guarantees hold for quorum reads and writes under partitions, crashes,
-    // message loss and latency spikes, over a hundred seeds.
-    let output = sim(&["sweep", "--seeds", SWEEP_SEEDS])?;
+fn a_sweep_with_partitions_loss_and_latency_passes_at_quorum() -> anyhow::Result<()> {
+    // Goal: the guarantees hold for quorum reads and writes under symmetric and one-way
+    // partitions, message loss and latency spikes, over a hundred seeds.
+    let output = sim(&[
+        "sweep",
+        "--seeds",
+        SWEEP_SEEDS,
+        "--faults",
+        SURVIVABLE_FAULTS,
+    ])?;
     let text = stdout(&output);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("100 passed, 0 failed"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn crashes_are_caught_losing_acknowledged_writes_held_only_in_memory() -> anyhow::Result<()> {
+    // Goal: the lost-write checker catches real losses. Until the durable log store
+    // lands, a crashed node restarts empty; when every home replica of a key crashes
+    // before a read repairs it, acknowledged writes are gone, and the sweep must say so.
+    // TODO: when storage is durable, crashes join the passing sweep above.
+    let output = sim(&["sweep", "--seeds", "1..21", "--faults", "crash"])?;
+    let text = stdout(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("lost-write"), "{text}");
     Ok(())
 }
 
@@ -84,7 +105,8 @@ fn reads_and_writes_at_one_under_partitions_are_caught_reading_stale_data() -> a
 fn a_cluster_without_read_repair_fails_the_convergence_check() -> anyhow::Result<()> {
     // Goal: the convergence checker is not vacuous: with the only repair mechanism off
     // (hints and anti-entropy do not exist yet), replicas missed by writes stay behind.
-    let output = sim(&["sweep", "--seeds", PLANTED_SEEDS, "--no-read-repair"])?;
+    let args = ["sweep", "--seeds", PLANTED_SEEDS, "--no-read-repair"];
+    let output = sim(&[&args[..], &["--faults", SURVIVABLE_FAULTS]].concat())?;
     let text = stdout(&output);
     assert!(!output.status.success(), "{text}");
     assert!(text.contains("convergence"), "{text}");
