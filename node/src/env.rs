@@ -20,9 +20,27 @@ pub trait Listener: Send + 'static {
     fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
 }
 
+/// A file of the storage log: positional reads and writes, and an explicit sync. Nothing
+/// written is durable until `sync` returns (the simulator drops unsynced writes on crash).
+pub trait DataFile: Send + Sync + 'static {
+    /// Exactly `len` bytes from `offset`; `UnexpectedEof` if the file is shorter.
+    fn read_at(&self, offset: u64, len: usize) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
+
+    /// All of `bytes` at `offset`.
+    fn write_at(&self, offset: u64, bytes: Vec<u8>) -> impl Future<Output = io::Result<()>> + Send;
+
+    fn sync(&self) -> impl Future<Output = io::Result<()>> + Send;
+
+    fn len(&self) -> impl Future<Output = io::Result<u64>> + Send;
+
+    /// Cuts the file to `len` bytes (a torn tail found on recovery).
+    fn truncate(&self, len: u64) -> impl Future<Output = io::Result<()>> + Send;
+}
+
 pub trait Env: Clone + Send + Sync + 'static {
     type Stream: ByteStream;
     type Listener: Listener<Stream = Self::Stream>;
+    type File: DataFile;
 
     fn bind(&self, address: &str) -> impl Future<Output = io::Result<Self::Listener>> + Send;
 
@@ -49,6 +67,17 @@ pub trait Env: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = io::Result<()>> + Send;
 
     fn create_dir_all(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Opens a file for reading and writing, creating it if missing.
+    fn open_file(&self, path: &Path) -> impl Future<Output = io::Result<Self::File>> + Send;
+
+    /// The paths of the entries of a directory, sorted.
+    fn list_dir(&self, path: &Path) -> impl Future<Output = io::Result<Vec<PathBuf>>> + Send;
+
+    fn remove_file(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Makes creations, renames and removals in the directory durable.
+    fn sync_dir(&self, path: &Path) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 /// Real sockets, the real clock, the real disk.
@@ -68,9 +97,56 @@ impl Listener for TokioListener {
     }
 }
 
+/// A real file; every operation runs on tokio's blocking pool.
+pub struct TokioFile(std::sync::Arc<std::fs::File>);
+
+impl TokioFile {
+    async fn blocking<T, F>(&self, operation: F) -> io::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&std::fs::File) -> io::Result<T> + Send + 'static,
+    {
+        let file = self.0.clone();
+        tokio::task::spawn_blocking(move || operation(&file))
+            .await
+            .map_err(io::Error::other)?
+    }
+}
+
+impl DataFile for TokioFile {
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        self.blocking(move |file| {
+            let mut buffer = vec![0u8; len];
+            file.read_exact_at(&mut buffer, offset)?;
+            Ok(buffer)
+        })
+        .await
+    }
+
+    async fn write_at(&self, offset: u64, bytes: Vec<u8>) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.blocking(move |file| file.write_all_at(&bytes, offset))
+            .await
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.blocking(|file| file.sync_data()).await
+    }
+
+    async fn len(&self) -> io::Result<u64> {
+        self.blocking(|file| Ok(file.metadata()?.len())).await
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.blocking(move |file| file.set_len(len)).await
+    }
+}
+
 impl Env for TokioEnv {
     type Stream = tokio::net::TcpStream;
     type Listener = TokioListener;
+    type File = TokioFile;
 
     async fn bind(&self, address: &str) -> io::Result<TokioListener> {
         Ok(TokioListener(tokio::net::TcpListener::bind(address).await?))
@@ -114,6 +190,41 @@ impl Env for TokioEnv {
 
     async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         tokio::fs::create_dir_all(path).await
+    }
+
+    async fn open_file(&self, path: &Path) -> io::Result<TokioFile> {
+        let path = path.to_owned();
+        let open = move || {
+            let mut options = std::fs::OpenOptions::new();
+            options.read(true).write(true).create(true).truncate(false);
+            options.open(path)
+        };
+        let file = tokio::task::spawn_blocking(open)
+            .await
+            .map_err(io::Error::other)??;
+        Ok(TokioFile(std::sync::Arc::new(file)))
+    }
+
+    async fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut entries = tokio::fs::read_dir(path).await?;
+        let mut paths = Vec::new();
+        while let Some(entry) = entries.next_entry().await? {
+            paths.push(entry.path());
+        }
+        paths.sort();
+        Ok(paths)
+    }
+
+    async fn remove_file(&self, path: &Path) -> io::Result<()> {
+        tokio::fs::remove_file(path).await
+    }
+
+    async fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let path = path.to_owned();
+        let sync = move || std::fs::File::open(path)?.sync_all();
+        tokio::task::spawn_blocking(sync)
+            .await
+            .map_err(io::Error::other)?
     }
 }
 

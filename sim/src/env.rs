@@ -7,9 +7,9 @@
 //! new numbers (a new epoch) but the same ones in every replay.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use quorumkv_node::env::{Env, Listener};
+use quorumkv_node::env::{DataFile, Env, Listener};
 use tokio::time::Instant;
 use turmoil::fs::shim::tokio::fs as simfs;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -40,9 +40,58 @@ impl Listener for SimListener {
     }
 }
 
+/// A file in the host's simulated filesystem.
+pub struct SimFile(simfs::File);
+
+impl DataFile for SimFile {
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buffer = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            match self
+                .0
+                .read_at(&mut buffer[filled..], offset + filled as u64)
+                .await?
+            {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => filled += n,
+            }
+        }
+        Ok(buffer)
+    }
+
+    async fn write_at(&self, offset: u64, bytes: Vec<u8>) -> io::Result<()> {
+        let mut written = 0;
+        while written < bytes.len() {
+            match self
+                .0
+                .write_at(&bytes[written..], offset + written as u64)
+                .await?
+            {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => written += n,
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.0.sync_all().await
+    }
+
+    async fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata().await?.len())
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len).await
+    }
+}
+
 impl Env for SimEnv {
     type Stream = turmoil::net::TcpStream;
     type Listener = SimListener;
+    type File = SimFile;
 
     async fn bind(&self, address: &str) -> io::Result<SimListener> {
         // A host binds its own port; turmoil routes by host name, so only the port matters.
@@ -96,5 +145,28 @@ impl Env for SimEnv {
 
     async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         simfs::create_dir_all(path).await
+    }
+
+    async fn open_file(&self, path: &Path) -> io::Result<SimFile> {
+        let mut options = simfs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        Ok(SimFile(options.open(path).await?))
+    }
+
+    async fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        let entries = simfs::read_dir(path).await?;
+        let mut paths = entries
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<io::Result<Vec<_>>>()?;
+        paths.sort();
+        Ok(paths)
+    }
+
+    async fn remove_file(&self, path: &Path) -> io::Result<()> {
+        simfs::remove_file(path).await
+    }
+
+    async fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        simfs::sync_dir(path).await
     }
 }
