@@ -31,7 +31,7 @@ pub trait DataFile: Send + Sync + 'static {
 
     fn sync(&self) -> impl Future<Output = io::Result<()>> + Send;
 
-    fn len(&self) -> impl Future<Output = io::Result<u64>> + Send;
+    fn size(&self) -> impl Future<Output = io::Result<u64>> + Send;
 
     /// Cuts the file to `len` bytes (a torn tail found on recovery).
     fn truncate(&self, len: u64) -> impl Future<Output = io::Result<()>> + Send;
@@ -134,7 +134,7 @@ impl DataFile for TokioFile {
         self.blocking(|file| file.sync_data()).await
     }
 
-    async fn len(&self) -> io::Result<u64> {
+    async fn size(&self) -> io::Result<u64> {
         self.blocking(|file| Ok(file.metadata()?.len())).await
     }
 

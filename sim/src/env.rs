@@ -79,7 +79,7 @@ impl DataFile for SimFile {
         self.0.sync_all().await
     }
 
-    async fn len(&self) -> io::Result<u64> {
+    async fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata().await?.len())
     }
 
