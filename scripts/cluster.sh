@@ -37,10 +37,12 @@ size() {
 build() {
   # cargo only rebuilds what changed, so this is quick when the binaries are current. The
   # first build takes a few minutes; cargo's progress goes to standard error.
+  local quiet=--quiet
   if [ ! -x "$bin/quorumkv-node" ] || [ ! -x "$bin/quorumkv" ]; then
     echo "building the release binaries (the first build takes a few minutes)..." >&2
+    quiet=
   fi
-  (cd "$repo" && cargo build --release -p quorumkv-node -p quorumkv-client) \
+  (cd "$repo" && cargo build --release $quiet -p quorumkv-node -p quorumkv-client) \
     || die "build failed"
 }
 
