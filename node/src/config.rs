@@ -25,6 +25,40 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 500;
 pub const DEFAULT_FAILURE_TIMEOUT_MS: u64 = 2_000;
 /// How long a coordinator waits for replicas before answering Timeout.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// Under `sync = interval`: at most this much acknowledged writing is lost in a power
+/// failure, and one fsync per interval costs little even on a slow disk.
+pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 10;
+/// 64 MiB segments: few enough files for a large store, small enough that compacting one
+/// copies little at a time.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Segment offsets are kept in 32 bits in the index; a segment may pass its size by one
+/// batch and one record, so the size itself stays well below 4 GiB.
+pub const MAX_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
+/// Compact once half of the sealed segments' bytes are overwritten or deleted records:
+/// the disk then holds at most about twice the live data, and each byte copied frees one.
+pub const DEFAULT_COMPACT_DEAD_RATIO: f64 = 0.5;
+
+/// Where a node keeps its replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// The durable log-structured store in `<data_dir>/log/`.
+    Log,
+    /// In memory only: a restart comes back empty. Tests and experiments.
+    Memory,
+}
+
+/// When the log store fsyncs, which decides what a power failure can take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// A write is acknowledged after the fsync that covers it (group commit).
+    Always,
+    /// Fsync every `sync_interval_ms`; a write is acknowledged once written.
+    Interval,
+    /// Never fsync (the OS writes back when it likes). Tests and benchmarks only.
+    Never,
+}
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -43,6 +77,11 @@ pub struct NodeConfig {
     /// Repair stale replicas found by reads. Off only to show, in tests and the
     /// simulator, that replicas then stay apart.
     pub read_repair: bool,
+    pub storage: StorageKind,
+    pub sync: SyncPolicy,
+    pub sync_interval: Duration,
+    pub segment_bytes: u64,
+    pub compact_dead_ratio: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +143,22 @@ pub struct NodeArgs {
     /// Repair replicas that a read found behind [default: true].
     #[arg(long, value_name = "BOOL")]
     pub read_repair: Option<bool>,
+    /// Where replicas live: log (durable, in DATA_DIR/log) or memory [default: log].
+    #[arg(long, value_enum)]
+    pub storage: Option<StorageKind>,
+    /// When the log is fsynced: always (before acknowledging), interval, or never
+    /// [default: always].
+    #[arg(long, value_enum)]
+    pub sync: Option<SyncPolicy>,
+    /// Fsync period under --sync interval [default: 10].
+    #[arg(long)]
+    pub sync_interval_ms: Option<u64>,
+    /// A log segment is sealed once it passes this size [default: 64 MiB].
+    #[arg(long)]
+    pub segment_bytes: Option<u64>,
+    /// Compact when this fraction of the sealed segments is dead records [default: 0.5].
+    #[arg(long)]
+    pub compact_dead_ratio: Option<f64>,
 }
 
 /// The same settings as they appear in a TOML file.
@@ -123,6 +178,11 @@ struct FileConfig {
     request_timeout_ms: Option<u64>,
     max_frame_bytes: Option<usize>,
     read_repair: Option<bool>,
+    storage: Option<StorageKind>,
+    sync: Option<SyncPolicy>,
+    sync_interval_ms: Option<u64>,
+    segment_bytes: Option<u64>,
+    compact_dead_ratio: Option<f64>,
 }
 
 impl NodeConfig {
@@ -154,6 +214,11 @@ impl NodeConfig {
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             read_repair: true,
+            storage: StorageKind::Log,
+            sync: SyncPolicy::Always,
+            sync_interval: Duration::from_millis(DEFAULT_SYNC_INTERVAL_MS),
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            compact_dead_ratio: DEFAULT_COMPACT_DEAD_RATIO,
         }
     }
 
@@ -222,6 +287,21 @@ impl NodeConfig {
                 .or(file.max_frame_bytes)
                 .unwrap_or(DEFAULT_MAX_FRAME_BYTES),
             read_repair: args.read_repair.or(file.read_repair).unwrap_or(true),
+            storage: args.storage.or(file.storage).unwrap_or(StorageKind::Log),
+            sync: args.sync.or(file.sync).unwrap_or(SyncPolicy::Always),
+            sync_interval: millis(
+                args.sync_interval_ms,
+                file.sync_interval_ms,
+                DEFAULT_SYNC_INTERVAL_MS,
+            ),
+            segment_bytes: args
+                .segment_bytes
+                .or(file.segment_bytes)
+                .unwrap_or(DEFAULT_SEGMENT_BYTES),
+            compact_dead_ratio: args
+                .compact_dead_ratio
+                .or(file.compact_dead_ratio)
+                .unwrap_or(DEFAULT_COMPACT_DEAD_RATIO),
         };
         config.validate()?;
         Ok(config)
@@ -244,6 +324,22 @@ impl NodeConfig {
             return Err(invalid(
                 "failure-timeout-ms must exceed heartbeat-interval-ms",
             ));
+        }
+        self.validate_storage()
+    }
+
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        if self.sync_interval.is_zero() {
+            return Err(invalid("sync-interval-ms must be at least 1"));
+        }
+        if self.segment_bytes == 0 || self.segment_bytes > MAX_SEGMENT_BYTES {
+            return Err(invalid(&format!(
+                "segment-bytes must be between 1 and {MAX_SEGMENT_BYTES}"
+            )));
+        }
+        // Written as a negation so that NaN is refused too.
+        if !(self.compact_dead_ratio > 0.0 && self.compact_dead_ratio < 1.0) {
+            return Err(invalid("compact-dead-ratio must be above 0 and below 1"));
         }
         Ok(())
     }
@@ -326,5 +422,26 @@ mod tests {
         assert!(error.to_string().contains("power of two"));
         let error = NodeConfig::load(&args(&["--peer", "n2"])).unwrap_err();
         assert!(error.to_string().contains("ID=HOST:PORT"));
+        let error = NodeConfig::load(&args(&["--compact-dead-ratio", "1.5"])).unwrap_err();
+        assert!(error.to_string().contains("compact-dead-ratio"));
+    }
+
+    #[test]
+    fn storage_defaults_to_the_durable_log_and_can_be_set_from_the_file() {
+        // Goal: without settings a node keeps every acknowledged write; the file can
+        // choose another store and sync policy, and a flag still wins.
+        let config = NodeConfig::load(&args(&[])).unwrap();
+        assert_eq!(config.storage, StorageKind::Log);
+        assert_eq!(config.sync, SyncPolicy::Always);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let toml = "storage = \"memory\"\nsync = \"interval\"\nsync_interval_ms = 5\n";
+        std::fs::write(&path, toml).unwrap();
+        let path_flag = path.to_str().unwrap();
+        let config = NodeConfig::load(&args(&["--config", path_flag, "--sync", "never"])).unwrap();
+        assert_eq!(config.storage, StorageKind::Memory);
+        assert_eq!(config.sync, SyncPolicy::Never);
+        assert_eq!(config.sync_interval, Duration::from_millis(5));
     }
 }

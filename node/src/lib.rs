@@ -10,7 +10,8 @@
 //! - [`replica`]: peer requests: heartbeats, local reads, merges, forwarded writes.
 //! - [`ring`]: partitions, ownership and each key's preference list.
 //! - [`versions`]: dotted version vector sets, siblings and contexts.
-//! - [`storage`]: the store behind a trait (in memory for now).
+//! - [`storage`]: the store behind a trait: [`log_store`] on disk (the default), or in
+//!   memory for tests.
 //! - [`membership`]: heartbeats' failure detector.
 //! - [`peer`]: node-to-node messages and the connection pool that carries them.
 //! - [`identity`]: node id and epoch kept in the data dir.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod coordinator;
 pub mod env;
 pub mod identity;
+pub mod log_store;
 pub mod membership;
 pub mod node;
 pub mod peer;

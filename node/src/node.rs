@@ -13,9 +13,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tracing::Instrument;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, StorageKind};
 use crate::env::Env;
 use crate::identity::take_new_epoch;
+use crate::log_store::{LogOptions, LogStore, LOG_DIR};
 use crate::membership::Membership;
 use crate::peer::{PeerPool, PeerRequest, PeerResponse};
 use crate::ring::Ring;
@@ -50,6 +51,7 @@ impl<E: Env> Node<E> {
         }
         let ring = Ring::new(&members, config.partitions, config.effective_replicas())?;
         let actor = take_new_epoch(&env, &config.data_dir, &config.node_id, &mut rng).await?;
+        let store = open_store(&env, &config).await?;
 
         let membership = Arc::new(Membership::new(
             config.node_id.clone(),
@@ -70,7 +72,7 @@ impl<E: Env> Node<E> {
             config,
             ring,
             actor,
-            store: Box::new(MemoryStore::default()),
+            store,
             peers,
             membership,
             rng: Mutex::new(rng),
@@ -98,6 +100,10 @@ impl<E: Env> Node<E> {
         for task in tasks {
             task.abort();
         }
+        // Under `sync = interval` the last few milliseconds of writes are not on disk yet.
+        if let Err(error) = self.store.flush().await {
+            tracing::error!(node = %self.id(), %error, "cannot sync the store on shutdown");
+        }
         Ok(())
     }
 
@@ -106,6 +112,30 @@ impl<E: Env> Node<E> {
         let extra = self.rng.lock().expect("rng lock").gen_range(0.0..0.25);
         base.mul_f64(1.0 + extra)
     }
+}
+
+/// The configured store, recovered from the data dir before the node serves anything.
+async fn open_store<E: Env>(env: &E, config: &NodeConfig) -> anyhow::Result<Box<dyn Storage>> {
+    if config.storage == StorageKind::Memory {
+        tracing::info!(node = %config.node_id, "storage in memory: a restart comes back empty");
+        return Ok(Box::new(MemoryStore::default()));
+    }
+    let dir = config.data_dir.join(LOG_DIR);
+    let options = LogOptions::from_config(config);
+    let (store, recovery) = LogStore::open(env.clone(), &dir, options).await?;
+    tracing::info!(
+        node = %config.node_id,
+        dir = %dir.display(),
+        keys = recovery.keys,
+        segments = recovery.segments,
+        records = recovery.records,
+        corrupt_records = recovery.corrupt_records,
+        torn_bytes = recovery.torn_bytes,
+        elapsed_ms = recovery.elapsed.as_millis() as u64,
+        sync = ?config.sync,
+        "log store recovered"
+    );
+    Ok(Box::new(store))
 }
 
 /// Probes one peer forever; any answer marks it alive.

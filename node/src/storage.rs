@@ -3,7 +3,8 @@
 //! The [`Storage`] trait is what the coordinator and the replica handlers use; it hides
 //! whether state lives in memory or on disk. `update` is the one way to change a key: it
 //! applies a change to the key's current state atomically (no other update of the same key
-//! interleaves) and returns the new state, which is durable once the future resolves.
+//! interleaves) and returns the new state, which is durable once the future resolves (as
+//! durable as the sync policy makes it). The durable store is [`crate::log_store`].
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -21,6 +22,24 @@ pub enum StorageError {
     /// The change itself declined to apply; nothing was stored.
     #[error("{0}")]
     Refused(String),
+    /// A stored record failed its checksum or could not be decoded; it is never served.
+    #[error("corrupt record in log segment {segment} at offset {offset}: {reason}")]
+    Corrupt {
+        segment: u64,
+        offset: u64,
+        reason: String,
+    },
+}
+
+/// What one compaction did, for the operator who asked for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactionStats {
+    pub segments_removed: u64,
+    pub segments_written: u64,
+    pub records_copied: u64,
+    /// Bytes of all segment files before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
 }
 
 /// A change applied to one key's state under that key's lock. It may refuse (returning
@@ -41,13 +60,19 @@ pub trait Storage: Send + Sync + 'static {
 
     /// How many keys this node holds (tombstones included).
     fn key_count(&self) -> usize;
+
+    /// Rewrites what is still live to give back the space of overwritten records.
+    fn compact(&self) -> BoxFuture<'_, Result<CompactionStats, StorageError>>;
+
+    /// Makes every acknowledged write durable, whatever the sync policy (on shutdown).
+    fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>>;
 }
 
 /// Lock stripes: enough that concurrent writers on two cores rarely meet on one lock.
 const MEMORY_SHARDS: usize = 64;
 
-/// Keeps everything in memory; lost when the process ends. Unit tests and, until the log
-/// store lands, the default.
+/// Keeps everything in memory; lost when the process ends. Unit tests and
+/// `--storage memory`.
 pub struct MemoryStore {
     // BTreeMap so that any future scan (anti-entropy, status) sees keys in one order.
     shards: Vec<Mutex<BTreeMap<Bytes, Versions>>>,
@@ -105,5 +130,14 @@ impl Storage for MemoryStore {
             .iter()
             .map(|s| s.lock().expect("shard lock").len())
             .sum()
+    }
+
+    /// Nothing is ever dead in memory: an overwrite replaces the state in place.
+    fn compact(&self) -> BoxFuture<'_, Result<CompactionStats, StorageError>> {
+        Box::pin(future::ready(Ok(CompactionStats::default())))
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(future::ready(Ok(())))
     }
 }
