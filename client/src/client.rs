@@ -20,8 +20,8 @@ use crate::connection::{ByteStream, Connection};
 use crate::consistency::Consistency;
 use crate::error::Error;
 use crate::protocol::{
-    Context, Hello, LocalState, Request, Response, RingReport, Role, StatusReport, DEFAULT_CLUSTER,
-    PROTOCOL_VERSION,
+    CompactReport, Context, Hello, LocalState, Request, Response, RingReport, Role, StatusReport,
+    DEFAULT_CLUSTER, PROTOCOL_VERSION,
 };
 
 /// A boxed byte stream, so tests and the simulator can supply their own transport.
@@ -209,6 +209,17 @@ impl Client {
             .await?
         {
             Response::Local(state) => Ok(state),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Compacts the storage of the node this client reaches first; give the client one
+    /// node's address to choose which. Not retried on another node after a lost
+    /// connection, which would compact a node nobody asked for. Compaction copies a
+    /// node's live data, so allow a `request_timeout` to match.
+    pub async fn compact(&self) -> Result<CompactReport, Error> {
+        match self.call(&Request::Compact, false).await? {
+            Response::Compacted(report) => Ok(report),
             other => Err(unexpected(&other)),
         }
     }

@@ -16,7 +16,8 @@ use crate::consistency::Consistency;
 use crate::error::Error;
 
 /// Bumped on any change to the messages below; a node refuses other versions.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: `Request::Compact` and `Response::Compacted`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The cluster name used when none is configured.
 pub const DEFAULT_CLUSTER: &str = "quorumkv";
@@ -133,6 +134,8 @@ pub enum Request {
     Inspect {
         key: Bytes,
     },
+    /// The answering node compacts its storage now, and says what that did.
+    Compact,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -147,7 +150,21 @@ pub enum Response {
     Status(StatusReport),
     Ring(RingReport),
     Local(LocalState),
+    Compacted(CompactReport),
     Error(ErrorReply),
+}
+
+/// What one node's compaction did. A node that keeps its data in memory reports zeros.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactReport {
+    pub node: NodeId,
+    /// Segment files deleted after their live records were copied.
+    pub segments_removed: u64,
+    pub segments_written: u64,
+    pub records_copied: u64,
+    /// Bytes of all the node's segment files before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
 }
 
 /// One node's own copy of a key, as `inspect` shows it.

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use quorumkv_client::consistency::Access;
-use quorumkv_client::protocol::{Context, ErrorReply, LocalSibling, LocalState, Request, Response};
+use quorumkv_client::protocol::{
+    CompactReport, Context, ErrorReply, LocalSibling, LocalState, Request, Response,
+};
 use quorumkv_client::{Consistency, Error, NodeId};
 
 use crate::env::Env;
@@ -84,6 +86,7 @@ impl<E: Env> Node<E> {
             Request::Status => Ok(Response::Status(self.status_report())),
             Request::Ring { key } => Ok(Response::Ring(self.ring_report(key.as_deref()))),
             Request::Inspect { key } => self.inspect(&key).await.map(Response::Local),
+            Request::Compact => self.compact().await.map(Response::Compacted),
             write => match Write::from_request(write) {
                 Some(write) => self.write(write).await.map(|()| Response::Written),
                 None => unreachable!("every other request is a write"),
@@ -443,6 +446,23 @@ impl<E: Env> Node<E> {
             siblings,
             context: Context(Bytes::from(state.context().encode())),
             exists,
+        })
+    }
+}
+
+impl<E: Env> Node<E> {
+    /// Compacts this node's store at an operator's request.
+    async fn compact(&self) -> Result<CompactReport, Error> {
+        let stats = self.store.compact().await.map_err(|e| Error::Server {
+            reason: e.to_string(),
+        })?;
+        Ok(CompactReport {
+            node: self.id().clone(),
+            segments_removed: stats.segments_removed,
+            segments_written: stats.segments_written,
+            records_copied: stats.records_copied,
+            bytes_before: stats.bytes_before,
+            bytes_after: stats.bytes_after,
         })
     }
 }

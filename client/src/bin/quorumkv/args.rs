@@ -94,6 +94,13 @@ pub enum Command {
         #[arg(long)]
         node: String,
     },
+    /// Make one node compact its storage now (copy live records, delete old segments);
+    /// waits up to 10 minutes, or --timeout-ms if longer
+    Compact {
+        /// The node to compact, by id (e.g. n2), as `status` names it
+        #[arg(long)]
+        node: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -1,10 +1,11 @@
 //! The single-key and cluster commands: parse, call the library, print.
 
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use bytes::Bytes;
-use quorumkv_client::Client;
+use quorumkv_client::{Client, ClientConfig};
 use tokio::io::AsyncReadExt;
 
 use crate::args::{DeleteArgs, GetArgs, GlobalArgs, PutArgs};
@@ -13,6 +14,10 @@ use crate::output;
 
 /// The VALUE that means "read the value from standard input".
 const STDIN_VALUE: &str = "-";
+
+/// Compaction copies a node's live data: on a large node that takes minutes, far longer
+/// than any single-key request, and giving up early would only hide the outcome.
+const COMPACT_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub async fn get(client: &Client, args: &GetArgs) -> anyhow::Result<u8> {
     let result = client.get(args.key.clone(), args.consistency).await?;
@@ -87,26 +92,50 @@ pub async fn ring(client: &Client, key: Option<&str>) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-/// Finds the node's address through `status`, then asks that node alone.
+/// Shows one node's own copy of a key.
 pub async fn inspect(
     client: &Client,
     global: &GlobalArgs,
     key: &str,
     node: &str,
 ) -> anyhow::Result<u8> {
+    let Some(config) = config_for_node(client, global, node).await? else {
+        return Ok(exit::USAGE);
+    };
+    let state = Client::new(config)?.inspect(key.to_owned()).await?;
+    print!("{}", output::local_state(key, &state));
+    Ok(exit::OK)
+}
+
+/// Asks one node to compact its storage, and waits however long that takes.
+pub async fn compact(client: &Client, global: &GlobalArgs, node: &str) -> anyhow::Result<u8> {
+    let Some(mut config) = config_for_node(client, global, node).await? else {
+        return Ok(exit::USAGE);
+    };
+    config.request_timeout = config.request_timeout.max(COMPACT_TIMEOUT);
+    let report = Client::new(config)?.compact().await?;
+    println!("{}", output::compact_report(&report));
+    Ok(exit::OK)
+}
+
+/// A client config that reaches only `node`, whose address `status` tells; `None` (after
+/// saying why) when no member has that id.
+async fn config_for_node(
+    client: &Client,
+    global: &GlobalArgs,
+    node: &str,
+) -> anyhow::Result<Option<ClientConfig>> {
     let report = client.status().await?;
     let member = report.members.iter().find(|member| member.node.0 == node);
     let Some(member) = member else {
         let known: Vec<&str> = report.members.iter().map(|m| m.node.0.as_str()).collect();
         output::complain(&format!("no node {node}; members: {}", known.join(", ")));
-        return Ok(exit::USAGE);
+        return Ok(None);
     };
 
     let mut config = crate::client_config(global);
     config.nodes = vec![member.address.clone()];
-    let state = Client::new(config)?.inspect(key.to_owned()).await?;
-    print!("{}", output::local_state(key, &state));
-    Ok(exit::OK)
+    Ok(Some(config))
 }
 
 async fn read_stdin() -> anyhow::Result<Bytes> {

@@ -63,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Import(args) => import::run(&client, args).await,
         Command::Verify(args) => verify::run(&client, args).await,
         Command::Inspect { key, node } => commands::inspect(&client, &cli.global, key, node).await,
+        Command::Compact { node } => commands::compact(&client, &cli.global, node).await,
     }
 }
 

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use base64::Engine;
 use bytes::Bytes;
-use quorumkv_client::protocol::{LocalState, RingEntry, RingReport, StatusReport};
+use quorumkv_client::protocol::{CompactReport, LocalState, RingEntry, RingReport, StatusReport};
 use quorumkv_client::GetResult;
 use serde::Serialize;
 
@@ -141,6 +141,19 @@ pub fn local_state(key: &str, state: &LocalState) -> String {
     text
 }
 
+/// One line: what went, what came, and the disk used before and after.
+pub fn compact_report(report: &CompactReport) -> String {
+    format!(
+        "{}: {} segments removed, {} written, {} records copied; {} -> {} bytes",
+        report.node,
+        report.segments_removed,
+        report.segments_written,
+        report.records_copied,
+        report.bytes_before,
+        report.bytes_after
+    )
+}
+
 fn names(nodes: &[quorumkv_client::NodeId], separator: &str) -> String {
     let names: Vec<&str> = nodes.iter().map(|node| node.0.as_str()).collect();
     names.join(separator)
@@ -195,6 +208,22 @@ mod tests {
         };
         let expected = r#"{"values":["hello",{"base64":"/wA="}],"context":"AQI"}"#;
         assert_eq!(get_json(&result), expected);
+    }
+
+    #[test]
+    fn a_compaction_report_is_one_line_with_its_numbers() {
+        // Goal: `compact` says in one line what it removed, wrote and copied, and the
+        // disk used before and after.
+        let report = CompactReport {
+            node: NodeId::from("n2"),
+            segments_removed: 3,
+            segments_written: 1,
+            records_copied: 120,
+            bytes_before: 4096,
+            bytes_after: 1024,
+        };
+        let expected = "n2: 3 segments removed, 1 written, 120 records copied; 4096 -> 1024 bytes";
+        assert_eq!(compact_report(&report), expected);
     }
 
     #[test]
