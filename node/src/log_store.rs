@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, Notify, RwLock};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use self::appender::{create_segment, Appender, AppenderSettings, Command};
+use self::appender::{create_segment, Appender, AppenderSettings, Command, Counters};
 use self::compaction::{Damaged, Trigger};
 use self::index::{Index, Location, SegmentTable};
 pub use self::recovery::Recovery;
@@ -99,6 +99,15 @@ pub(crate) struct Shared<E: Env> {
     /// Held for the whole of a compaction: one at a time.
     compacting: tokio::sync::Mutex<()>,
     damaged: Damaged,
+    counters: Arc<Counters>,
+}
+
+/// How many records the appender took, in how many writes and fsyncs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogCounters {
+    pub records: u64,
+    pub writes: u64,
+    pub fsyncs: u64,
 }
 
 impl<E: Env> LogStore<E> {
@@ -122,10 +131,12 @@ impl<E: Env> LogStore<E> {
 
         let rolled = Arc::new(Notify::new());
         let (sender, commands) = mpsc::channel(APPEND_QUEUE);
+        let counters = Arc::new(Counters::default());
         let settings = AppenderSettings {
             sync: options.sync,
             sync_interval: options.sync_interval,
             segment_bytes: options.segment_bytes,
+            counters: counters.clone(),
         };
         let appender = Appender::new(
             env.clone(),
@@ -148,6 +159,7 @@ impl<E: Env> LogStore<E> {
             next_sequence: AtomicU64::new(recovered.next_sequence),
             compacting: tokio::sync::Mutex::new(()),
             damaged: Damaged::default(),
+            counters,
         });
         let compactor = compaction::run(Arc::downgrade(&shared), rolled);
         let compactor = tokio::spawn(compactor.in_current_span());
@@ -165,6 +177,15 @@ impl<E: Env> LogStore<E> {
     /// Bytes of all segment files.
     pub fn disk_bytes(&self) -> u64 {
         self.shared.table.total_bytes()
+    }
+
+    pub fn counters(&self) -> LogCounters {
+        let counters = &self.shared.counters;
+        LogCounters {
+            records: counters.records.load(Ordering::Relaxed),
+            writes: counters.writes.load(Ordering::Relaxed),
+            fsyncs: counters.fsyncs.load(Ordering::Relaxed),
+        }
     }
 
     #[cfg(test)]

@@ -1,22 +1,26 @@
 //! The one writer of the log, which commits writes in groups.
 //!
 //! Every update sends its encoded record here and waits for the answer. The appender takes
-//! whatever has queued up while it was busy, writes it with one `write_at`, covers it with
-//! one fsync (under `sync = always`) and only then answers every caller in the batch. The
-//! slower the disk, the larger the batches, so the fsync rate stays bounded by the disk and
-//! not by the number of writers.
+//! whatever has queued up, writes it with one `write_at` and, under `sync = always`, lets
+//! the callers wait for the fsync that covers it. One fsync runs at a time, in the
+//! background, while the next records are written; when it ends, its callers are answered
+//! and the next fsync covers everything written meanwhile. The slower the disk, the more
+//! each fsync covers, so the fsync rate stays bounded by the disk and not by the writers.
 //!
-//! A failed write or fsync fails exactly the batch it carried: the file is cut back to
-//! where the batch began, so no record of a write reported as failed can come back at
-//! recovery, and the next batch simply tries again. The store never stops serving reads.
+//! A failed write fails its batch; a failed fsync fails every caller still waiting. Either
+//! way the file is cut back to the last point known durable, so no record of a write
+//! reported as failed can come back at recovery, and the next batch simply tries again.
+//! The store never stops serving reads.
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use super::index::{segment_path, Segment, SegmentTable};
@@ -26,6 +30,11 @@ use crate::env::{DataFile, Env};
 /// Most bytes written in one batch. A few MiB keeps the disk streaming while bounding how
 /// long one batch makes the next callers wait.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Turns given to answered callers before the next fsync, as long as each brings records.
+/// A few are enough for writers spread over two cores to come back; the bound keeps a
+/// steady trickle of writes from holding the fsync back.
+const MAX_RIDE_ALONG_YIELDS: usize = 4;
 
 pub(crate) enum Command {
     Append {
@@ -69,18 +78,48 @@ pub(crate) struct Appender<E: Env> {
     active: Arc<Segment<E::File>>,
     /// Where the next record goes in the active segment.
     end: u64,
+    /// How far the active segment is known to be on disk.
+    durable: u64,
     /// Written since the last fsync.
     dirty: bool,
     /// A failed batch may have left bytes past `end` that could not be cut yet.
     leftover: bool,
+    /// Under `sync = always`: written records whose callers wait for an fsync.
+    waiting: VecDeque<Waiting>,
+    /// The fsync in flight, and how far into the active segment it reaches.
+    syncing: Option<(u64, JoinHandle<io::Result<()>>)>,
     /// Told after each roll, so the compactor looks at the newly sealed segment.
     rolled: Arc<Notify>,
+    counters: Arc<Counters>,
+}
+
+/// A caller to answer once the active segment is durable up to `end`.
+struct Waiting {
+    end: u64,
+    placed: Placed,
+    reply: oneshot::Sender<io::Result<Placed>>,
 }
 
 pub(crate) struct AppenderSettings {
     pub sync: SyncPolicy,
     pub sync_interval: Duration,
     pub segment_bytes: u64,
+    pub counters: Arc<Counters>,
+}
+
+/// How the appender has batched so far: records per write and per fsync show whether
+/// group commit works.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub records: AtomicU64,
+    pub writes: AtomicU64,
+    pub fsyncs: AtomicU64,
+}
+
+enum Event {
+    Synced(io::Result<()>),
+    Tick,
+    Command(Option<Command>),
 }
 
 impl<E: Env> Appender<E> {
@@ -101,9 +140,13 @@ impl<E: Env> Appender<E> {
             segment_bytes: settings.segment_bytes,
             active,
             end: 0,
+            durable: 0,
             dirty: false,
             leftover: false,
+            waiting: VecDeque::new(),
+            syncing: None,
             rolled,
+            counters: settings.counters,
         }
     }
 
@@ -111,23 +154,46 @@ impl<E: Env> Appender<E> {
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut ticker = tokio::time::interval(self.sync_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let periodic = self.sync == SyncPolicy::Interval;
         loop {
-            // The tick goes first: it is ready only once per interval, so it cannot
-            // starve the commands, while commands under load would starve it.
-            let first = tokio::select! {
-                biased;
-                _ = ticker.tick(), if periodic => {
-                    self.sync_if_dirty().await;
-                    continue;
+            match self.next_event(&mut commands, &mut ticker).await {
+                Event::Synced(result) => {
+                    self.synced(result);
+                    self.ride_along(&mut commands).await;
                 }
-                command = commands.recv() => command,
-            };
-            let Some(first) = first else { break };
-            let batch = gather(first, &mut commands);
-            self.process(batch).await;
+                Event::Tick => self.sync_if_dirty().await,
+                Event::Command(Some(first)) => {
+                    let batch = gather(first, &mut commands);
+                    self.process(batch).await;
+                    self.start_sync_if_waiting();
+                }
+                Event::Command(None) => break,
+            }
         }
-        self.sync_if_dirty().await;
+        if let Err(error) = self.sync_all().await {
+            tracing::error!(%error, segment = self.active.id, "log fsync failed at close");
+        }
+    }
+
+    /// An fsync's end comes first, so callers are answered as soon as possible; then the
+    /// periodic tick, ready only once per interval, so it cannot starve the commands.
+    async fn next_event(
+        &mut self,
+        commands: &mut mpsc::Receiver<Command>,
+        ticker: &mut tokio::time::Interval,
+    ) -> Event {
+        let periodic = self.sync == SyncPolicy::Interval;
+        let sync_done = async {
+            match &mut self.syncing {
+                Some((_, handle)) => handle.await.unwrap_or_else(|e| Err(io::Error::other(e))),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            result = sync_done => Event::Synced(result),
+            _ = ticker.tick(), if periodic => Event::Tick,
+            command = commands.recv() => Event::Command(command),
+        }
     }
 
     async fn process(&mut self, batch: Vec<Command>) {
@@ -154,14 +220,15 @@ impl<E: Env> Appender<E> {
                     let _ = reply.send(self.roll_reserving().await);
                 }
                 Command::Sync { reply } => {
-                    let _ = reply.send(self.sync_now().await);
+                    let _ = reply.send(self.sync_all().await);
                 }
                 Command::Append { .. } => unreachable!("appends were taken out above"),
             }
         }
     }
 
-    /// Writes the batch's records back to back and answers each caller.
+    /// Writes the batch's records back to back. Under `sync = always` the callers wait
+    /// for an fsync that covers them; otherwise they are answered at once.
     async fn append(&mut self, mut appends: Vec<(Vec<u8>, oneshot::Sender<io::Result<Placed>>)>) {
         let mut offsets = Vec::with_capacity(appends.len());
         let buffer = if appends.len() == 1 {
@@ -178,13 +245,24 @@ impl<E: Env> Appender<E> {
         };
 
         let segment = self.active.id;
+        let records = appends.len() as u64;
+        self.counters.records.fetch_add(records, Ordering::Relaxed);
         let result = self.write(buffer).await;
         for ((_, reply), offset) in appends.into_iter().zip(offsets) {
-            let answer = match &result {
+            let placed = match &result {
                 Ok(()) => place(segment, offset),
-                Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+                Err(error) => Err(copy(error)),
             };
-            let _ = reply.send(answer);
+            match placed {
+                Ok(placed) if self.sync == SyncPolicy::Always => self.waiting.push_back(Waiting {
+                    end: self.end,
+                    placed,
+                    reply,
+                }),
+                answer => {
+                    let _ = reply.send(answer);
+                }
+            }
         }
     }
 
@@ -194,9 +272,11 @@ impl<E: Env> Appender<E> {
             self.leftover = false;
         }
         let len = buffer.len() as u64;
-        match self.write_and_sync(buffer).await {
+        match self.active.file.write_at(self.end, buffer).await {
             Ok(()) => {
+                self.counters.writes.fetch_add(1, Ordering::Relaxed);
                 self.end += len;
+                self.dirty = true;
                 self.active.size.store(self.end, Ordering::Relaxed);
                 Ok(())
             }
@@ -208,30 +288,106 @@ impl<E: Env> Appender<E> {
         }
     }
 
-    async fn write_and_sync(&mut self, buffer: Vec<u8>) -> io::Result<()> {
-        self.active.file.write_at(self.end, buffer).await?;
-        match self.sync {
-            SyncPolicy::Always => self.active.file.sync().await,
-            SyncPolicy::Interval | SyncPolicy::Never => {
-                self.dirty = true;
-                Ok(())
+    /// Starts an fsync of everything written so far. It runs while later records are
+    /// written, and the callers those bring wait for the next one: one fsync in flight
+    /// at a time, each covering all that arrived while the previous one ran.
+    fn start_sync_if_waiting(&mut self) {
+        if self.syncing.is_some() || self.waiting.is_empty() {
+            return;
+        }
+        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let segment = self.active.clone();
+        let handle = tokio::spawn(async move { segment.file.sync().await });
+        self.syncing = Some((self.end, handle));
+        self.dirty = false;
+    }
+
+    fn synced(&mut self, result: io::Result<()>) {
+        let Some((covered, _)) = self.syncing.take() else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                self.durable = covered;
+                self.acknowledge();
+            }
+            Err(error) => self.sync_failed(&error),
+        }
+    }
+
+    /// Before the next fsync starts, the callers just answered get one turn to send their
+    /// next records, which then ride with it instead of waiting a whole fsync for the one
+    /// after. Without this, writers split into two halves that alternate, each fsync
+    /// covering only half of them. A yield, not a timer, so nothing waits on the clock.
+    async fn ride_along(&mut self, commands: &mut mpsc::Receiver<Command>) {
+        for _ in 0..MAX_RIDE_ALONG_YIELDS {
+            tokio::task::yield_now().await;
+            let Ok(first) = commands.try_recv() else {
+                break;
+            };
+            let batch = gather(first, commands);
+            self.process(batch).await;
+        }
+        self.start_sync_if_waiting();
+    }
+
+    /// Answers every caller whose record is now durable.
+    fn acknowledge(&mut self) {
+        while self
+            .waiting
+            .front()
+            .is_some_and(|waiting| waiting.end <= self.durable)
+        {
+            if let Some(waiting) = self.waiting.pop_front() {
+                let _ = waiting.reply.send(Ok(waiting.placed));
             }
         }
     }
 
-    async fn sync_now(&mut self) -> io::Result<()> {
-        self.active.file.sync().await?;
-        self.dirty = false;
-        Ok(())
+    /// After a failed fsync nothing past the durable point can be trusted (the kernel may
+    /// have dropped those pages): fail the callers still waiting and cut the file back,
+    /// so none of their records comes back at recovery.
+    fn sync_failed(&mut self, error: &io::Error) {
+        tracing::error!(%error, segment = self.active.id, "log fsync failed");
+        for waiting in self.waiting.drain(..) {
+            let _ = waiting.reply.send(Err(copy(error)));
+        }
+        if self.sync == SyncPolicy::Always {
+            self.end = self.durable;
+            self.active.size.store(self.end, Ordering::Relaxed);
+            // Cut before the next write, which also retries it if it fails.
+            self.leftover = true;
+        }
+    }
+
+    /// Waits for the fsync in flight, then fsyncs everything written, whatever the policy.
+    async fn sync_all(&mut self) -> io::Result<()> {
+        while let Some((_, handle)) = &mut self.syncing {
+            let result = handle.await.unwrap_or_else(|e| Err(io::Error::other(e)));
+            self.synced(result);
+        }
+        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        match self.active.file.sync().await {
+            Ok(()) => {
+                self.durable = self.end;
+                self.dirty = false;
+                self.acknowledge();
+                Ok(())
+            }
+            Err(error) => {
+                self.sync_failed(&error);
+                Err(error)
+            }
+        }
     }
 
     async fn sync_if_dirty(&mut self) {
         if !self.dirty {
             return;
         }
-        if let Err(error) = self.sync_now().await {
+        if let Err(error) = self.sync_all().await {
             // Acknowledged writes are at risk until a later sync succeeds.
-            tracing::error!(%error, segment = self.active.id, "log fsync failed");
+            tracing::error!(%error, segment = self.active.id, "periodic log fsync failed");
         }
     }
 
@@ -242,7 +398,7 @@ impl<E: Env> Appender<E> {
             self.active.file.truncate(self.end).await?;
             self.leftover = false;
         }
-        self.sync_now().await?;
+        self.sync_all().await?;
         let id = self.table.allocate_id()?;
         let segment = create_segment(&self.env, &self.dir, id).await?;
         self.table.insert(segment.clone());
@@ -250,6 +406,7 @@ impl<E: Env> Appender<E> {
         tracing::debug!(sealed = self.active.id, active = id, "log rolled");
         self.active = segment;
         self.end = 0;
+        self.durable = 0;
         self.rolled.notify_one();
         Ok(())
     }
@@ -259,6 +416,10 @@ impl<E: Env> Appender<E> {
         self.roll().await?;
         Ok(reserved)
     }
+}
+
+fn copy(error: &io::Error) -> io::Error {
+    io::Error::new(error.kind(), error.to_string())
 }
 
 /// The first command plus whatever else is already waiting, up to the batch limit.

@@ -360,6 +360,33 @@ async fn concurrent_updates_to_one_key_from_many_tasks_are_all_applied() -> Test
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_fsyncs_under_sync_always() -> TestResult {
+    // Goal: group commit: 64 writers waiting on fsyncs make each fsync cover many
+    // records, instead of one fsync per write.
+    let dir = tempfile::tempdir()?;
+    let (store, _) = open(dir.path()).await?;
+    let store = Arc::new(store);
+    let mut tasks = Vec::new();
+    for writer in 0..64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let key = format!("{writer}-{i}");
+                store.update(key.as_bytes(), put("v")).await?;
+            }
+            Ok::<_, StorageError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let counters = store.counters();
+    assert_eq!(counters.records, 64 * 20);
+    assert!(counters.fsyncs * 4 < counters.records, "{counters:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn every_sync_policy_stores_and_recovers_writes() -> TestResult {
     // Goal: always, interval and never all acknowledge writes that read back, and a
