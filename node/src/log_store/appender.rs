@@ -266,11 +266,18 @@ impl<E: Env> Appender<E> {
         }
     }
 
-    async fn write(&mut self, buffer: Vec<u8>) -> io::Result<()> {
+    /// Cuts what a failed batch left past `end`, before anything else is written or
+    /// synced, so that it can never become durable.
+    async fn cut_leftover(&mut self) -> io::Result<()> {
         if self.leftover {
             self.active.file.truncate(self.end).await?;
             self.leftover = false;
         }
+        Ok(())
+    }
+
+    async fn write(&mut self, buffer: Vec<u8>) -> io::Result<()> {
+        self.cut_leftover().await?;
         let len = buffer.len() as u64;
         match self.active.file.write_at(self.end, buffer).await {
             Ok(()) => {
@@ -315,10 +322,12 @@ impl<E: Env> Appender<E> {
         }
     }
 
-    /// Before the next fsync starts, the callers just answered get one turn to send their
-    /// next records, which then ride with it instead of waiting a whole fsync for the one
-    /// after. Without this, writers split into two halves that alternate, each fsync
-    /// covering only half of them. A yield, not a timer, so nothing waits on the clock.
+    /// Before the next fsync starts, the callers just answered get a few scheduler turns
+    /// to send their next records, which then ride with it instead of waiting a whole
+    /// fsync for the one after. Without this, writers split into two halves that
+    /// alternate, each fsync covering only half of them (measured: about 30 records per
+    /// fsync with 64 writers instead of 61). Yields, not a timer, so nothing waits on the
+    /// clock, and the turns stop as soon as one brings nothing.
     async fn ride_along(&mut self, commands: &mut mpsc::Receiver<Command>) {
         for _ in 0..MAX_RIDE_ALONG_YIELDS {
             tokio::task::yield_now().await;
@@ -366,6 +375,7 @@ impl<E: Env> Appender<E> {
             let result = handle.await.unwrap_or_else(|e| Err(io::Error::other(e)));
             self.synced(result);
         }
+        self.cut_leftover().await?;
         self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         match self.active.file.sync().await {
             Ok(()) => {
@@ -394,10 +404,6 @@ impl<E: Env> Appender<E> {
     /// Seals the active segment (synced, so a sealed segment never has a torn tail) and
     /// starts a new one.
     async fn roll(&mut self) -> io::Result<()> {
-        if self.leftover {
-            self.active.file.truncate(self.end).await?;
-            self.leftover = false;
-        }
         self.sync_all().await?;
         let id = self.table.allocate_id()?;
         let segment = create_segment(&self.env, &self.dir, id).await?;

@@ -417,16 +417,18 @@ async fn every_sync_policy_stores_and_recovers_writes() -> TestResult {
     Ok(())
 }
 
-/// The real disk, except that writes and fsyncs fail while `failing` is set: a full or
-/// broken disk.
+/// The real disk, except that writes (and fsyncs) fail while `failing` is set, or only
+/// fsyncs while `failing_sync` is: a full or a broken disk.
 #[derive(Clone, Default)]
 struct FailingEnv {
     failing: Arc<AtomicBool>,
+    failing_sync: Arc<AtomicBool>,
 }
 
 struct FailingFile {
     inner: crate::env::TokioFile,
     failing: Arc<AtomicBool>,
+    failing_sync: Arc<AtomicBool>,
 }
 
 impl FailingFile {
@@ -455,6 +457,9 @@ impl DataFile for FailingFile {
 
     async fn sync(&self) -> io::Result<()> {
         self.check()?;
+        if self.failing_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::other("input/output error (simulated)"));
+        }
         self.inner.sync().await
     }
 
@@ -506,8 +511,11 @@ impl Env for FailingEnv {
 
     async fn open_file(&self, path: &Path) -> io::Result<FailingFile> {
         let inner = TokioEnv.open_file(path).await?;
-        let failing = self.failing.clone();
-        Ok(FailingFile { inner, failing })
+        Ok(FailingFile {
+            inner,
+            failing: self.failing.clone(),
+            failing_sync: self.failing_sync.clone(),
+        })
     }
 
     async fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
@@ -525,9 +533,9 @@ impl Env for FailingEnv {
 
 #[tokio::test]
 async fn a_failed_write_returns_an_error_and_the_key_keeps_its_previous_value() -> TestResult {
-    // Goal: a disk that refuses writes fails those writes only: the caller gets an I/O
-    // error, reads keep serving the previous value, the store takes writes again once the
-    // disk does, and the failed write never comes back after a restart.
+    // Goal: a disk that refuses writes or fsyncs fails those writes only: the caller gets
+    // an I/O error, reads keep serving the previous value, the store takes writes again
+    // once the disk does, and no failed write comes back after a restart.
     let dir = tempfile::tempdir()?;
     let env = FailingEnv::default();
     let (store, _) = LogStore::open(env.clone(), dir.path(), options(SyncPolicy::Always)).await?;
@@ -544,6 +552,14 @@ async fn a_failed_write_returns_an_error_and_the_key_keeps_its_previous_value() 
     env.failing.store(false, Ordering::SeqCst);
     store.update(b"k2", put("after")).await?;
     assert_eq!(value_of(&store, "k2").await?, Some("after".into()));
+
+    // The write reaches the file but the fsync fails: the caller must hear of it too.
+    env.failing_sync.store(true, Ordering::SeqCst);
+    let failed = store.update(b"k", put("unsynced")).await;
+    assert!(matches!(failed, Err(StorageError::Io(_))), "{failed:?}");
+    assert_eq!(value_of(&store, "k").await?, Some("before".into()));
+    env.failing_sync.store(false, Ordering::SeqCst);
+    store.update(b"k3", put("last")).await?;
     drop(store);
 
     let (store, recovery) = open(dir.path()).await?;
@@ -551,5 +567,6 @@ async fn a_failed_write_returns_an_error_and_the_key_keeps_its_previous_value() 
     assert_eq!(value_of(&store, "k").await?, Some("before".into()));
     assert_eq!(store.get(b"other").await?, None);
     assert_eq!(value_of(&store, "k2").await?, Some("after".into()));
+    assert_eq!(value_of(&store, "k3").await?, Some("last".into()));
     Ok(())
 }
