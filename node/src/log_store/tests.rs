@@ -266,6 +266,32 @@ async fn compaction_after_ten_overwrites_leaves_under_twice_the_live_data() -> T
 }
 
 #[tokio::test]
+async fn the_compactor_reclaims_space_by_itself_once_the_dead_ratio_passes() -> TestResult {
+    // Goal: without anyone asking, overwriting keys over and over does not grow the
+    // directory without bound: each roll prompts a look at the dead ratio.
+    let dir = tempfile::tempdir()?;
+    let (store, _) = open(dir.path()).await?;
+    overwrite(&store, 12).await?;
+    let written: u64 = 12 * 200 * 1024;
+
+    // The compactor runs on its own task; give it a moment to catch up.
+    let mut on_disk = dir_bytes(dir.path())?;
+    for _ in 0..100 {
+        if on_disk < written / 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        on_disk = dir_bytes(dir.path())?;
+    }
+    assert!(
+        on_disk < written / 3,
+        "{on_disk} bytes on disk after {written} written"
+    );
+    assert_last_round(&store, 11).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_crash_in_the_middle_of_compaction_loses_nothing() -> TestResult {
     // Goal: whatever step a compaction reached, recovery finds every key at its latest
     // value. Simulated by putting the deleted segments back after a compaction (copies
