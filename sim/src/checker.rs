@@ -85,10 +85,12 @@ impl<'a> Index<'a> {
 }
 
 fn final_values(reads: &[FinalRead]) -> BTreeMap<&str, BTreeSet<&str>> {
+    // Only keys with at least one answered final read: a key no node could read is
+    // reported by `final-read`, not mistaken here for one whose writes were lost.
     let mut finals: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for read in reads {
-        let entry = finals.entry(&read.key).or_default();
         if let Ok(values) = &read.values {
+            let entry = finals.entry(&read.key).or_default();
             entry.extend(values.iter().map(String::as_str));
         }
     }
@@ -139,7 +141,9 @@ fn acknowledged_writes_survive(
 ) -> Vec<Violation> {
     let mut violations = Vec::new();
     for (key, ops) in &index.by_key {
-        let present = finals.get(key).cloned().unwrap_or_default();
+        let Some(present) = finals.get(key) else {
+            continue;
+        };
         for op in ops.iter().filter(|op| op.acknowledged()) {
             let Some(value) = op.written_value() else {
                 continue;
@@ -166,10 +170,10 @@ fn covered_values_never_return(
 ) -> Vec<Violation> {
     let mut violations = Vec::new();
     for (key, ops) in &index.by_key {
-        let present = finals.get(key).cloned().unwrap_or_default();
+        let present = finals.get(key);
         for writer in ops.iter().filter(|op| op.acknowledged()) {
             for value in &writer.covers {
-                if present.contains(value.as_str()) {
+                if present.is_some_and(|p| p.contains(value.as_str())) {
                     violations.push(resurrected(key, writer, None, value));
                 }
                 if !strict {

@@ -7,6 +7,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::pending;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
@@ -15,6 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use quorumkv_client::consistency::Access;
 use quorumkv_client::protocol::LocalState;
 use quorumkv_client::{Consistency, NodeId};
+use quorumkv_node::config::{StorageKind, SyncPolicy};
 use quorumkv_node::ring::{Ring, DEFAULT_PARTITIONS};
 use quorumkv_node::NodeConfig;
 use xxhash_rust::xxh3::Xxh3;
@@ -35,6 +37,20 @@ const MAX_SIMULATED: Duration = Duration::from_secs(3_600);
 const SETTLE: Duration = Duration::from_secs(5);
 /// Expected simulated length of the workload, over which faults are spread.
 const MS_PER_OP_PER_CLIENT: u64 = 60;
+/// With disk faults: the share of reads and writes that fail with EIO.
+const DISK_IO_ERROR_RATE: f64 = 0.002;
+/// With disk faults: the chance an unsynced write becomes durable anyway, so a crash can
+/// keep part of a batch (a torn tail) instead of none of it.
+const DISK_STRAY_SYNC_RATE: f64 = 0.2;
+/// With `full`: per-host capacity, about twice the live data of a run (eight keys of
+/// small values), so the log fills whenever dead records pile up before compaction.
+const DISK_CAPACITY_BYTES: u64 = 8 * 1024;
+/// Small segments, so runs roll and compact segments (and crash in the middle of it).
+const SIM_SEGMENT_BYTES: u64 = 4 * 1024;
+/// A node that fails to start (an I/O error while recovering) is started again after
+/// this long, as a service manager would.
+const RESTART_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
 /// Message latency between faults: loopback-like, but never zero, so replies interleave.
 const NORMAL_MAX_LATENCY: Duration = Duration::from_millis(5);
 
@@ -52,6 +68,9 @@ pub struct SimConfig {
     pub faults: BTreeSet<FaultKind>,
     /// Off only to plant a convergence failure.
     pub read_repair: bool,
+    pub storage: StorageKind,
+    /// Anything but `always` may lose acknowledged writes in a crash, on purpose.
+    pub sync: SyncPolicy,
 }
 
 impl SimConfig {
@@ -66,8 +85,10 @@ impl SimConfig {
             read: Consistency::Quorum,
             write: Consistency::Quorum,
             sloppy: false,
-            faults: FaultKind::ALL.into_iter().collect(),
+            faults: FaultKind::DEFAULT.into_iter().collect(),
             read_repair: true,
+            storage: StorageKind::Log,
+            sync: SyncPolicy::Always,
         }
     }
 
@@ -164,15 +185,25 @@ pub fn run(config: &SimConfig) -> anyhow::Result<Report> {
 }
 
 fn build<'a>(config: &SimConfig) -> turmoil::Sim<'a> {
-    turmoil::Builder::new()
+    let mut builder = turmoil::Builder::new();
+    builder
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
         .rng_seed(config.seed)
         .enable_random_order()
         .simulation_duration(MAX_SIMULATED)
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(NORMAL_MAX_LATENCY)
-        .build()
+        .max_message_latency(NORMAL_MAX_LATENCY);
+    if config.faults.contains(&FaultKind::Disk) {
+        builder
+            .fs()
+            .io_error_probability(DISK_IO_ERROR_RATE)
+            .sync_probability(DISK_STRAY_SYNC_RATE);
+    }
+    if config.faults.contains(&FaultKind::Full) {
+        builder.fs().capacity(DISK_CAPACITY_BYTES);
+    }
+    builder.build()
 }
 
 fn node_config(config: &SimConfig, name: &str, names: &[String]) -> NodeConfig {
@@ -186,6 +217,9 @@ fn node_config(config: &SimConfig, name: &str, names: &[String]) -> NodeConfig {
     node.failure_timeout = Duration::from_millis(1_000);
     node.request_timeout = Duration::from_millis(1_000);
     node.read_repair = config.read_repair;
+    node.segment_bytes = SIM_SEGMENT_BYTES;
+    node.storage = config.storage;
+    node.sync = config.sync;
     node
 }
 
@@ -194,13 +228,19 @@ fn add_node(sim: &mut turmoil::Sim<'_>, config: &SimConfig, name: &str) {
     let boots = Rc::new(Cell::new(0u64));
     let (seed, name_owned) = (config.seed, name.to_owned());
     sim.host(name, move || {
-        let boot = boots.get();
-        boots.set(boot + 1);
-        let env = SimEnv::new(seed, &name_owned, boot);
-        let node = node.clone();
+        let (boots, name, node) = (boots.clone(), name_owned.clone(), node.clone());
         async move {
-            quorumkv_node::run(env, node, std::future::pending()).await?;
-            Ok(())
+            loop {
+                let boot = boots.get();
+                boots.set(boot + 1);
+                let env = SimEnv::new(seed, &name, boot);
+                let error = match quorumkv_node::run(env, node.clone(), pending()).await {
+                    Ok(()) => return Ok(()),
+                    Err(error) => error,
+                };
+                tracing::info!(node = %name, %error, "node failed; starting it again");
+                tokio::time::sleep(RESTART_AFTER_FAILURE).await;
+            }
         }
     });
 }
@@ -339,7 +379,8 @@ fn read_back(
         for name in &names {
             let client = sim_client(vec![format!("{name}:{NODE_PORT}")]);
             for key in &keys {
-                let values = match client.get(key.clone(), Consistency::All).await {
+                let read = retried(|| client.get(key.clone(), Consistency::All)).await;
+                let values = match read {
                     Ok(read) => Ok(read.values.iter().map(text).collect()),
                     Err(error) => Err(error.to_string()),
                 };
@@ -350,7 +391,7 @@ fn read_back(
         for name in &names {
             let client = sim_client(vec![format!("{name}:{NODE_PORT}")]);
             for key in &keys {
-                let state = client.inspect(key.clone()).await?;
+                let state = retried(|| client.inspect(key.clone())).await?;
                 states_out
                     .borrow_mut()
                     .push(replica_state(name, key, &state));
@@ -362,6 +403,26 @@ fn read_back(
     let reads = reads.borrow().clone();
     let states = states.borrow().clone();
     Ok((reads, states))
+}
+
+/// Attempts of each final read: with disk faults a replica can fail a read with EIO, and
+/// a client would simply ask again.
+const FINAL_READ_ATTEMPTS: usize = 5;
+
+async fn retried<T, F, Fut>(mut attempt: F) -> Result<T, quorumkv_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, quorumkv_client::Error>>,
+{
+    let mut last = None;
+    for _ in 0..FINAL_READ_ATTEMPTS {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) => last = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last.expect("at least one attempt"))
 }
 
 fn replica_state(node: &str, key: &str, state: &LocalState) -> ReplicaState {

@@ -20,15 +20,30 @@ pub enum FaultKind {
     Crash,
     Loss,
     Latency,
+    /// A failing disk for the whole run: random I/O errors, and unsynced writes that
+    /// randomly become durable (a crash keeps an arbitrary part of what was not synced).
+    /// Set once, when the simulation is built.
+    Disk,
+    /// A disk barely larger than the live data, full whenever compaction falls behind,
+    /// and sometimes for good. Not in the default set: a disk full for good stops repair,
+    /// so `convergence` and `final-read` may fail; no other checker may.
+    Full,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 4] = [
+    /// What a run uses unless told otherwise: every kind but `full`.
+    pub const DEFAULT: [FaultKind; 5] = [
         FaultKind::Partition,
         FaultKind::Crash,
         FaultKind::Loss,
         FaultKind::Latency,
+        FaultKind::Disk,
     ];
+
+    /// Whether the kind comes and goes in episodes (the rest hold for the whole run).
+    fn is_episodic(self) -> bool {
+        !matches!(self, FaultKind::Disk | FaultKind::Full)
+    }
 }
 
 impl FromStr for FaultKind {
@@ -40,8 +55,10 @@ impl FromStr for FaultKind {
             "crash" => Ok(FaultKind::Crash),
             "loss" => Ok(FaultKind::Loss),
             "latency" => Ok(FaultKind::Latency),
+            "disk" => Ok(FaultKind::Disk),
+            "full" => Ok(FaultKind::Full),
             other => Err(format!(
-                "unknown fault '{other}' (expected partition, crash, loss or latency)"
+                "unknown fault '{other}' (expected partition, crash, loss, latency, disk or full)"
             )),
         }
     }
@@ -54,6 +71,8 @@ impl fmt::Display for FaultKind {
             FaultKind::Crash => "crash",
             FaultKind::Loss => "loss",
             FaultKind::Latency => "latency",
+            FaultKind::Disk => "disk",
+            FaultKind::Full => "full",
         };
         f.write_str(name)
     }
@@ -118,7 +137,7 @@ pub fn schedule(
     span: Duration,
 ) -> Vec<FaultEvent> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfa17_5eed);
-    let kinds: Vec<FaultKind> = kinds.iter().copied().collect();
+    let kinds: Vec<FaultKind> = kinds.iter().copied().filter(|k| k.is_episodic()).collect();
     let mut events = Vec::new();
     if kinds.is_empty() {
         return events;
@@ -172,5 +191,6 @@ fn episode(kind: FaultKind, nodes: &[String], rng: &mut ChaCha8Rng) -> (Action, 
             let max_ms = rng.gen_range(200..SPIKE_MAX_LATENCY_MS);
             (Action::Latency { max_ms }, Action::NormalLatency)
         }
+        FaultKind::Disk | FaultKind::Full => unreachable!("disk faults are not episodes"),
     }
 }

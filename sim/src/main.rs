@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use quorumkv_client::Consistency;
+use quorumkv_node::config::{StorageKind, SyncPolicy};
 use quorumkv_sim::faults::FaultKind;
 use quorumkv_sim::{run, Report, SimConfig};
 
@@ -62,12 +63,18 @@ struct Options {
     write: Consistency,
     #[arg(long)]
     sloppy: bool,
-    /// Fault kinds, comma-separated: partition, crash, loss, latency; `none` for none
-    #[arg(long, default_value = "partition,crash,loss,latency", value_parser = parse_faults)]
+    /// Fault kinds, comma-separated: partition, crash, loss, latency, disk, full; `none`
+    #[arg(long, default_value = "partition,crash,loss,latency,disk", value_parser = parse_faults)]
     faults: BTreeSet<FaultKind>,
     /// Turn read repair off (to watch the convergence checker fail)
     #[arg(long)]
     no_read_repair: bool,
+    /// Where nodes keep data: log (durable) or memory (lost in every crash)
+    #[arg(long, value_enum, default_value = "log")]
+    storage: StorageKind,
+    /// When the log fsyncs: always, interval or never (the last two can lose writes)
+    #[arg(long, value_enum, default_value = "always")]
+    sync: SyncPolicy,
 }
 
 impl Options {
@@ -84,6 +91,8 @@ impl Options {
             sloppy: self.sloppy,
             faults: self.faults.clone(),
             read_repair: !self.no_read_repair,
+            storage: self.storage,
+            sync: self.sync,
         }
     }
 
@@ -105,6 +114,13 @@ impl Options {
         }
         if self.no_read_repair {
             flags.push_str(" --no-read-repair");
+        }
+        if self.storage != StorageKind::Log {
+            flags.push_str(" --storage memory");
+        }
+        if self.sync != SyncPolicy::Always {
+            let name = format!("{:?}", self.sync).to_lowercase();
+            flags.push_str(&format!(" --sync {name}"));
         }
         flags
     }
@@ -154,8 +170,8 @@ fn run_one(seed: u64, options: &Options) -> ExitCode {
     let report = match run(&options.config(seed)) {
         Ok(report) => report,
         Err(error) => {
-            println!("seed={seed} error: {error:#}");
             println!("replay: {}", replay(seed, options));
+            println!("seed={seed} error: {error:#}");
             return ExitCode::FAILURE;
         }
     };

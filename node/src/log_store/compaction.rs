@@ -34,6 +34,10 @@ use crate::storage::{CompactionStats, StorageError};
 /// to cost nothing, frequent enough that space comes back within seconds.
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
+/// After a failed compaction (a full or failing disk) the compactor waits this long before
+/// it tries again, however many segments roll meanwhile, so it never spins on the error.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
 /// Copied records are gathered up to this size before one write to the output.
 const COPY_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
@@ -58,7 +62,11 @@ pub(crate) async fn run<E: Env>(shared: Weak<Shared<E>>, rolled: Arc<Notify>) {
         match shared.compact(Trigger::DeadRatio).await {
             Ok(stats) if stats.segments_removed > 0 => log_done(&stats, Trigger::DeadRatio),
             Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "log compaction failed; will retry"),
+            Err(error) => {
+                tracing::warn!(%error, "log compaction failed; will retry");
+                drop(shared);
+                tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+            }
         }
     }
 }
