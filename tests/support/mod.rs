@@ -160,6 +160,36 @@ impl Cluster {
         self.wait_for_view(alive).await
     }
 
+    /// SIGKILL every node at once, without waiting for anyone to notice.
+    pub fn kill_all(&mut self) -> anyhow::Result<()> {
+        for child in self.children.iter_mut() {
+            if let Some(mut child) = child.take() {
+                child.kill()?;
+                child.wait()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts every node that is not running and waits until all see each other.
+    pub async fn restart_all(&mut self) -> anyhow::Result<()> {
+        for index in 0..self.children.len() {
+            if self.children[index].is_none() {
+                self.launch(index)?;
+            }
+        }
+        self.wait_for_view(self.children.len()).await
+    }
+
+    /// Removes a stopped node's data dir, as an operator replacing its disk would.
+    pub fn wipe(&self, index: usize) -> anyhow::Result<()> {
+        if self.children[index].is_some() {
+            bail!("{} is running; kill it before wiping", Cluster::name(index));
+        }
+        let dir = self.data.path().join(Cluster::name(index));
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
+    }
+
     /// Waits until every running node sees exactly `up` members up.
     async fn wait_for_view(&self, up: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
