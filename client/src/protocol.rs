@@ -17,7 +17,8 @@ use crate::error::Error;
 
 /// Bumped on any change to the messages below; a node refuses other versions.
 /// 2: `Request::Compact` and `Response::Compacted`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: hints, anti-entropy and tombstone GC: `StatusReport::convergence`, peer messages.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The cluster name used when none is configured.
 pub const DEFAULT_CLUSTER: &str = "quorumkv";
@@ -204,6 +205,30 @@ pub struct StatusReport {
     pub replicas: u32,
     pub partitions: u32,
     pub members: Vec<MemberStatus>,
+    /// The answering node's own hints, anti-entropy and tombstone GC.
+    pub convergence: ConvergenceStatus,
+}
+
+/// How one node is doing at bringing replicas together.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ConvergenceStatus {
+    /// The node's wall clock when it answered, in ms since the Unix epoch, to read the
+    /// times below against.
+    pub now_ms: u64,
+    /// Hints waiting for delivery, per target node (targets with none are left out).
+    pub hints_pending: Vec<(NodeId, u64)>,
+    /// Hints dropped since the node started: older than the hint window, over the
+    /// storage limit, or not storable.
+    pub hints_dropped: u64,
+    /// Hints delivered and acknowledged since the node started.
+    pub hints_delivered: u64,
+    /// When the node last completed an anti-entropy exchange with each peer, in ms since
+    /// the Unix epoch; peers it never completed one with are left out.
+    pub anti_entropy: Vec<(NodeId, u64)>,
+    /// Keys anti-entropy found different and repaired since the node started.
+    pub anti_entropy_repaired: u64,
+    /// Tombstones this node purged since it started.
+    pub tombstones_purged: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -37,6 +37,20 @@ pub const MAX_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
 /// Compact once half of the sealed segments' bytes are overwritten or deleted records:
 /// the disk then holds at most about twice the live data, and each byte copied frees one.
 pub const DEFAULT_COMPACT_DEAD_RATIO: f64 = 0.5;
+/// Three hours, as in Cassandra: covers a restart, a deploy or a night's outage. A replica
+/// down longer than this gets no hints and is brought back by anti-entropy instead.
+pub const DEFAULT_HINT_WINDOW_MS: u64 = 3 * 60 * 60 * 1000;
+/// 256 MiB of pending hints per node: hours of writes to one dead peer at moderate load,
+/// and a bound on what a long outage can take of the holder's memory and disk.
+pub const DEFAULT_HINT_STORAGE_BYTES: u64 = 256 * 1024 * 1024;
+/// Pending hints are offered to targets that came back this often.
+pub const DEFAULT_HANDOFF_INTERVAL_MS: u64 = 1_000;
+/// Every 10 s a node compares its hash trees with one peer; with S nodes each pair meets
+/// about every 10*(S-1) s, while an idle exchange costs one small frame per shared partition.
+pub const DEFAULT_ANTI_ENTROPY_INTERVAL_MS: u64 = 10_000;
+/// A tombstone is purged only after it stood unchanged this long: one hint window plus an
+/// hour of margin for clock skew between nodes (see `tombstones`).
+pub const DEFAULT_TOMBSTONE_GRACE_MS: u64 = DEFAULT_HINT_WINDOW_MS + 60 * 60 * 1000;
 
 /// Where a node keeps its replicas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -82,6 +96,17 @@ pub struct NodeConfig {
     pub sync_interval: Duration,
     pub segment_bytes: u64,
     pub compact_dead_ratio: f64,
+    /// Store hints for home replicas that miss a write, and hand them off later.
+    pub hints: bool,
+    /// Hints older than this are dropped (anti-entropy repairs what they carried).
+    pub hint_window: Duration,
+    pub hint_storage_bytes: u64,
+    pub handoff_interval: Duration,
+    /// Zero turns anti-entropy off (only to show, in tests, what it repairs).
+    pub anti_entropy_interval: Duration,
+    /// How long a tombstone stands unchanged before it may be purged; never below the
+    /// hint window plus the request timeout (see `tombstones`).
+    pub tombstone_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +184,26 @@ pub struct NodeArgs {
     /// Compact when this fraction of the sealed segments is dead records [default: 0.5].
     #[arg(long)]
     pub compact_dead_ratio: Option<f64>,
+    /// Keep hints for home replicas that miss a write [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub hints: Option<bool>,
+    /// Hints older than this are dropped [default: 10800000, three hours].
+    #[arg(long)]
+    pub hint_window_ms: Option<u64>,
+    /// Most bytes of pending hints this node keeps; more are dropped [default: 256 MiB].
+    #[arg(long)]
+    pub hint_storage_bytes: Option<u64>,
+    /// How often pending hints are offered to their targets [default: 1000].
+    #[arg(long)]
+    pub handoff_interval_ms: Option<u64>,
+    /// How often this node compares hash trees with a peer; 0 turns anti-entropy off
+    /// [default: 10000].
+    #[arg(long)]
+    pub anti_entropy_interval_ms: Option<u64>,
+    /// A tombstone unchanged this long may be purged; at least the hint window plus the
+    /// request timeout [default: the hint window plus one hour].
+    #[arg(long)]
+    pub tombstone_grace_ms: Option<u64>,
 }
 
 /// The same settings as they appear in a TOML file.
@@ -183,6 +228,12 @@ struct FileConfig {
     sync_interval_ms: Option<u64>,
     segment_bytes: Option<u64>,
     compact_dead_ratio: Option<f64>,
+    hints: Option<bool>,
+    hint_window_ms: Option<u64>,
+    hint_storage_bytes: Option<u64>,
+    handoff_interval_ms: Option<u64>,
+    anti_entropy_interval_ms: Option<u64>,
+    tombstone_grace_ms: Option<u64>,
 }
 
 impl NodeConfig {
@@ -219,6 +270,12 @@ impl NodeConfig {
             sync_interval: Duration::from_millis(DEFAULT_SYNC_INTERVAL_MS),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             compact_dead_ratio: DEFAULT_COMPACT_DEAD_RATIO,
+            hints: true,
+            hint_window: Duration::from_millis(DEFAULT_HINT_WINDOW_MS),
+            hint_storage_bytes: DEFAULT_HINT_STORAGE_BYTES,
+            handoff_interval: Duration::from_millis(DEFAULT_HANDOFF_INTERVAL_MS),
+            anti_entropy_interval: Duration::from_millis(DEFAULT_ANTI_ENTROPY_INTERVAL_MS),
+            tombstone_grace: Duration::from_millis(DEFAULT_TOMBSTONE_GRACE_MS),
         }
     }
 
@@ -302,6 +359,34 @@ impl NodeConfig {
                 .compact_dead_ratio
                 .or(file.compact_dead_ratio)
                 .unwrap_or(DEFAULT_COMPACT_DEAD_RATIO),
+            hints: args.hints.or(file.hints).unwrap_or(true),
+            hint_window: millis(
+                args.hint_window_ms,
+                file.hint_window_ms,
+                DEFAULT_HINT_WINDOW_MS,
+            ),
+            hint_storage_bytes: args
+                .hint_storage_bytes
+                .or(file.hint_storage_bytes)
+                .unwrap_or(DEFAULT_HINT_STORAGE_BYTES),
+            handoff_interval: millis(
+                args.handoff_interval_ms,
+                file.handoff_interval_ms,
+                DEFAULT_HANDOFF_INTERVAL_MS,
+            ),
+            anti_entropy_interval: millis(
+                args.anti_entropy_interval_ms,
+                file.anti_entropy_interval_ms,
+                DEFAULT_ANTI_ENTROPY_INTERVAL_MS,
+            ),
+            tombstone_grace: Duration::ZERO,
+        };
+        // The grace follows a configured hint window unless it is set itself.
+        let grace = args.tombstone_grace_ms.or(file.tombstone_grace_ms);
+        let default_grace = config.hint_window + Duration::from_secs(60 * 60);
+        let config = NodeConfig {
+            tombstone_grace: grace.map_or(default_grace, Duration::from_millis),
+            ..config
         };
         config.validate()?;
         Ok(config)
@@ -340,6 +425,21 @@ impl NodeConfig {
         // Written as a negation so that NaN is refused too.
         if !(self.compact_dead_ratio > 0.0 && self.compact_dead_ratio < 1.0) {
             return Err(invalid("compact-dead-ratio must be above 0 and below 1"));
+        }
+        self.validate_convergence()
+    }
+
+    fn validate_convergence(&self) -> Result<(), ConfigError> {
+        if self.handoff_interval.is_zero() {
+            return Err(invalid("handoff-interval-ms must be at least 1"));
+        }
+        // A hint may carry a value that a tombstone superseded; purging the tombstone
+        // while such a hint can still be delivered would bring the value back.
+        // A hint is stored up to a request timeout after the state it carries was read.
+        if self.tombstone_grace < self.hint_window + self.request_timeout {
+            return Err(invalid(
+                "tombstone-grace-ms must be at least hint-window-ms plus request-timeout-ms",
+            ));
         }
         Ok(())
     }
@@ -424,6 +524,24 @@ mod tests {
         assert!(error.to_string().contains("ID=HOST:PORT"));
         let error = NodeConfig::load(&args(&["--compact-dead-ratio", "1.5"])).unwrap_err();
         assert!(error.to_string().contains("compact-dead-ratio"));
+        let short_grace = ["--hint-window-ms", "1000", "--tombstone-grace-ms", "999"];
+        let error = NodeConfig::load(&args(&short_grace)).unwrap_err();
+        assert!(error.to_string().contains("tombstone-grace-ms"));
+    }
+
+    #[test]
+    fn the_tombstone_grace_follows_the_hint_window_unless_set() {
+        // Goal: shortening the hint window shortens the default grace with it, so a
+        // test cluster can purge tombstones soon, while an explicit grace is kept as is.
+        let config = NodeConfig::load(&args(&["--hint-window-ms", "5000"])).unwrap();
+        assert_eq!(
+            config.tombstone_grace,
+            Duration::from_millis(5000 + 3_600_000)
+        );
+        let explicit = ["--hint-window-ms", "5000", "--tombstone-grace-ms", "8000"];
+        let config = NodeConfig::load(&args(&explicit)).unwrap();
+        assert_eq!(config.tombstone_grace, Duration::from_millis(8000));
+        assert!(config.hints);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! failure detector's view; `Timeout` reports the acknowledgements actually counted, and
 //! for a write means the outcome is unknown.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -103,11 +104,10 @@ impl<E: Env> Node<E> {
     pub(crate) async fn write(self: &Arc<Self>, write: Write) -> Result<(), Error> {
         let homes = self.home_replicas(&write.key);
         let required = write.level.required(homes.len(), Access::Write)?;
-        if write.sloppy {
-            // TODO: sloppy quorums arrive with hinted handoff; refusing is honest, acting
-            // strict while the caller asked for sloppy would not be.
+        if write.sloppy && !self.config.hints {
+            // Fallbacks keep what they take as hints; with hints off they cannot take any.
             return Err(Error::InvalidConsistency {
-                reason: "sloppy quorums are not supported by this node yet".into(),
+                reason: "sloppy quorums need hints, which are switched off on this node".into(),
             });
         }
         if homes.contains(self.id()) {
@@ -122,6 +122,10 @@ impl<E: Env> Node<E> {
     /// Homes the failure detector believes up are tried first, in preference order. Once
     /// the write has been handed to a home it is not retried elsewhere: the first home
     /// may have applied it, and a second coordinator would add a duplicate sibling.
+    ///
+    /// Even a sloppy write needs a home replica to coordinate it: a dot must be issued on
+    /// a state that holds every earlier dot of its actor for the key, and only a home
+    /// replica keeps the key's state (a fallback keeps hints).
     async fn forward_write(self: &Arc<Self>, write: Write, required: usize) -> Result<(), Error> {
         let homes = self.home_replicas(&write.key).to_vec();
         let now = self.env.now();
@@ -132,8 +136,9 @@ impl<E: Env> Node<E> {
         let request = PeerRequest::Coordinate {
             request: write.into_request(),
         };
-        // Room for the home's own replica round trip before this hop gives up.
-        let timeout = self.config.request_timeout * 2;
+        // Room for the home's own replica round trip (and a sloppy write's fallback round
+        // trip after it) before this hop gives up.
+        let timeout = self.config.request_timeout * 3;
         for home in up.into_iter().chain(down) {
             let Ok(connection) = self.peers.connect(home).await else {
                 continue;
@@ -156,16 +161,19 @@ impl<E: Env> Node<E> {
     }
 
     /// Applies a write here (a home replica) and replicates it to the other homes.
+    ///
+    /// Strict: only home replicas' acknowledgements count toward W, so with R + W > N a
+    /// later read overlaps them. Sloppy: once every home has answered or timed out, the
+    /// state goes to as many fallbacks as homes missed it, each keeping it as a hint for
+    /// one missing home, and each fallback's acknowledgement counts too (Dynamo). Either
+    /// way every home that missed the write gets a hint, so it converges when back.
     pub(crate) async fn coordinate_write(
         self: &Arc<Self>,
         write: Write,
         required: usize,
     ) -> Result<(), Error> {
         let homes = self.home_replicas(&write.key).to_vec();
-        let alive = self.membership.count_up(&homes, self.env.now());
-        if alive < required {
-            return Err(Error::Unavailable { required, alive });
-        }
+        self.check_available(&write, &homes, required)?;
         let context = decode_context(write.context.as_ref())?;
 
         let event = self.write_event(context, write.value);
@@ -179,48 +187,156 @@ impl<E: Env> Node<E> {
             }
         };
 
-        // Homes the detector believes down are skipped (DESIGN: they are repaired later):
-        // dialling a dead or hung peer on every write piles up tasks behind its dial.
+        // Homes the detector believes down are not dialled (dialling a dead or hung peer
+        // on every write piles up tasks behind its dial): they get a hint instead.
         let now = self.env.now();
-        let others = homes
+        let (up, mut missed): (Vec<NodeId>, Vec<NodeId>) = homes
             .into_iter()
-            .filter(|home| home != self.id() && self.membership.is_up(home, now));
-        let mut replies: FuturesUnordered<_> = others
+            .filter(|home| home != self.id())
+            .partition(|home| self.membership.is_up(home, now));
+        let mut replies: FuturesUnordered<_> = up
+            .into_iter()
             .map(|home| self.replicate(home, write.key.clone(), state.clone()))
             .collect();
         let mut acknowledged = 1;
         while acknowledged < required {
             match replies.next().await {
-                Some(true) => acknowledged += 1,
-                Some(false) => {}
+                Some((_, true)) => acknowledged += 1,
+                Some((home, false)) => missed.push(home),
                 None => break,
             }
         }
+        if acknowledged < required && write.sloppy {
+            let needed = required - acknowledged;
+            acknowledged += self
+                .hand_to_fallbacks(&write.key, &state, &mut missed, needed)
+                .await;
+        }
+        self.finish_in_background(write.key, state, replies, missed);
         if acknowledged < required {
             return Err(Error::Timeout {
                 required,
                 acknowledged,
             });
         }
-        // The remaining homes still get the write; nobody waits for them.
-        tokio::spawn(async move { while replies.next().await.is_some() {} });
         Ok(())
+    }
+
+    /// Refuses a write that cannot reach its level with the replicas believed up.
+    fn check_available(
+        &self,
+        write: &Write,
+        homes: &[NodeId],
+        required: usize,
+    ) -> Result<(), Error> {
+        let now = self.env.now();
+        let mut alive = self.membership.count_up(homes, now);
+        if write.sloppy {
+            let partition = self.ring.partition_of(&write.key);
+            alive += self
+                .membership
+                .count_up(self.ring.fallbacks(partition), now);
+        }
+        if alive < required {
+            return Err(Error::Unavailable { required, alive });
+        }
+        Ok(())
+    }
+
+    /// Gives the state to fallbacks, one per home in `missed`, to keep as a hint for that
+    /// home; returns how many acknowledged. Homes a fallback took are removed from
+    /// `missed`, so the coordinator does not hint them a second time.
+    async fn hand_to_fallbacks(
+        self: &Arc<Self>,
+        key: &Bytes,
+        state: &Versions,
+        missed: &mut Vec<NodeId>,
+        needed: usize,
+    ) -> usize {
+        let now = self.env.now();
+        let partition = self.ring.partition_of(key);
+        let fallbacks: Vec<NodeId> = self
+            .ring
+            .fallbacks(partition)
+            .iter()
+            .filter(|node| self.membership.is_up(node, now))
+            .cloned()
+            .collect();
+        let timeout = self.config.request_timeout;
+        let handed: Vec<(NodeId, bool)> = missed
+            .iter()
+            .zip(fallbacks)
+            .map(|(home, fallback)| {
+                let request = PeerRequest::Hint {
+                    target: home.clone(),
+                    key: key.clone(),
+                    state: state.clone(),
+                };
+                async move {
+                    let reply = self.peers.call(&fallback, &request, timeout).await;
+                    (home.clone(), matches!(reply, Ok(PeerResponse::Hinted)))
+                }
+            })
+            .collect::<FuturesUnordered<_>>()
+            .collect()
+            .await;
+        let taken: Vec<&NodeId> = handed
+            .iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(h, _)| h)
+            .collect();
+        missed.retain(|home| !taken.contains(&home));
+        if taken.len() < needed {
+            tracing::debug!(key = ?key, taken = taken.len(), needed, "too few fallbacks took the write");
+        }
+        taken.len()
+    }
+
+    /// Waits for the homes that had not answered yet, and stores a hint for every home
+    /// that missed the write. Nobody waits for this.
+    fn finish_in_background<F>(
+        self: &Arc<Self>,
+        key: Bytes,
+        state: Versions,
+        mut replies: FuturesUnordered<F>,
+        mut missed: Vec<NodeId>,
+    ) where
+        F: std::future::Future<Output = (NodeId, bool)> + Send + 'static,
+    {
+        let node = self.clone();
+        let task = async move {
+            while let Some((home, ok)) = replies.next().await {
+                if !ok {
+                    missed.push(home);
+                }
+            }
+            if !node.config.hints {
+                return;
+            }
+            for home in missed {
+                if let Err(error) = node.hints.add(&home, &key, &state).await {
+                    tracing::debug!(%home, %error, "no hint stored");
+                }
+            }
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(task));
     }
 
     /// The coordinator's event on a key's state, refused when it could not be replicated
     /// or would misuse this node's dots.
     fn write_event(&self, context: VersionVector, value: Option<Bytes>) -> Change<'static> {
         let actor = self.actor.clone();
+        let floor = self.dot_floor.clone();
         // Room for dots, clock and framing around the values in one replication frame.
         let limit = self
             .config
             .max_frame_bytes
             .saturating_sub(FRAME_OVERHEAD_BYTES);
         Box::new(move |state: &mut Versions| {
-            // A context that saw more of this actor's writes than this node holds is
-            // forged (within one epoch a coordinator never loses its own writes); writing
-            // on it could reuse or overflow a dot.
-            if state.forgot_own_writes(&context, &actor) || state.exhausted(&actor) {
+            // Every dot this actor issued is at or below the floor, so a context that
+            // names a higher one is forged; writing on it could overflow the counter.
+            let issued = floor.load(Ordering::SeqCst);
+            if context.get(&actor) > issued || state.exhausted(&actor) {
                 return Err(format!(
                     "context claims writes by {actor} that it never made"
                 ));
@@ -232,7 +348,8 @@ impl<E: Env> Node<E> {
                      resolve its siblings or write a smaller value"
                 ));
             }
-            state.write(&context, value, &actor);
+            let dot = state.write_above(&context, value, &actor, issued);
+            floor.fetch_max(dot.counter, Ordering::SeqCst);
             Ok(())
         })
     }
@@ -243,20 +360,17 @@ impl<E: Env> Node<E> {
         replica: NodeId,
         key: Bytes,
         state: Versions,
-    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+    ) -> impl std::future::Future<Output = (NodeId, bool)> + Send + 'static {
         let node = self.clone();
         async move {
             if replica == *node.id() {
-                let merge = Box::new(move |mine: &mut Versions| {
-                    mine.merge(&state);
-                    Ok(())
-                });
-                return node.store.update(&key, merge).await.is_ok();
+                let merged = node.store.merge(&key, state).await.is_ok();
+                return (replica, merged);
             }
             let request = PeerRequest::Replicate { key, state };
             let timeout = node.config.request_timeout;
             let reply = node.peers.call(&replica, &request, timeout).await;
-            matches!(reply, Ok(PeerResponse::Merged))
+            (replica, matches!(reply, Ok(PeerResponse::Merged)))
         }
     }
 
@@ -351,7 +465,7 @@ impl<E: Env> Node<E> {
             .map(|(node, _)| self.replicate(node.clone(), key.clone(), merged.clone()))
             .collect();
         let repaired = repairs
-            .filter(|ok| futures::future::ready(*ok))
+            .filter(|(_, ok)| futures::future::ready(*ok))
             .count()
             .await;
         let confirmed = current + repaired;
@@ -395,7 +509,7 @@ impl<E: Env> Node<E> {
                 .map(|(id, _)| node.replicate(id, key.clone(), total.clone()))
                 .collect();
             let repaired = repairs
-                .filter(|ok| futures::future::ready(*ok))
+                .filter(|(_, ok)| futures::future::ready(*ok))
                 .count()
                 .await;
             if repaired > 0 {

@@ -12,6 +12,12 @@
 //! - [`versions`]: dotted version vector sets, siblings and contexts.
 //! - [`storage`]: the store behind a trait: [`log_store`] on disk (the default), or in
 //!   memory for tests.
+//! - [`tracked_store`]: the store as the node uses it, keeping [`hash_tree`]s and
+//!   tombstone ages up to date with every change.
+//! - [`hints`]: durable hints for home replicas that missed a write; [`handoff`]
+//!   delivers them when the target is back.
+//! - [`anti_entropy`]: periodic hash tree exchanges that repair whatever differs.
+//! - [`tombstones`]: when a tombstone may be purged, and the purge.
 //! - [`membership`]: heartbeats' failure detector.
 //! - [`peer`]: node-to-node messages and the connection pool that carries them.
 //! - [`identity`]: node id and epoch kept in the data dir.
@@ -22,9 +28,13 @@
 //! handler → `coordinator::coordinate_write` → `storage` locally and `peer` to the other
 //! homes → the answer travels back the same way.
 
+pub mod anti_entropy;
 pub mod config;
 pub mod coordinator;
 pub mod env;
+pub mod handoff;
+pub mod hash_tree;
+pub mod hints;
 pub mod identity;
 pub mod log_store;
 pub mod membership;
@@ -34,6 +44,8 @@ pub mod replica;
 pub mod ring;
 pub mod server;
 pub mod storage;
+pub mod tombstones;
+pub mod tracked_store;
 pub mod versions;
 
 pub use quorumkv_client::NodeId;

@@ -227,6 +227,10 @@ impl<E: Env> Storage for LogStore<E> {
         self.shared.index.len()
     }
 
+    fn keys(&self) -> Vec<bytes::Bytes> {
+        self.shared.index.keys()
+    }
+
     fn compact(&self) -> BoxFuture<'_, Result<CompactionStats, StorageError>> {
         Box::pin(async move {
             let stats = self.shared.compact(Trigger::Requested).await?;

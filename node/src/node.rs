@@ -1,12 +1,14 @@
 //! A running node: its configuration, ring, store, peers and failure detector, and the
 //! tasks that keep it going (the accept loop and one heartbeat loop per peer).
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quorumkv_client::protocol::{
-    MemberStatus, RingEntry, RingReport, StatusReport, PROTOCOL_VERSION,
+    ConvergenceStatus, MemberStatus, RingEntry, RingReport, StatusReport, PROTOCOL_VERSION,
 };
 use quorumkv_client::NodeId;
 use rand::{Rng, SeedableRng};
@@ -15,6 +17,7 @@ use tracing::Instrument;
 
 use crate::config::{NodeConfig, StorageKind};
 use crate::env::Env;
+use crate::hints::HintStore;
 use crate::identity::take_new_epoch;
 use crate::log_store::{LogOptions, LogStore, LOG_DIR};
 use crate::membership::Membership;
@@ -22,6 +25,7 @@ use crate::peer::{PeerPool, PeerRequest, PeerResponse};
 use crate::ring::Ring;
 use crate::server;
 use crate::storage::{MemoryStore, Storage};
+use crate::tracked_store::TrackedStore;
 use crate::versions::Actor;
 
 pub struct Node<E: Env> {
@@ -30,11 +34,25 @@ pub struct Node<E: Env> {
     pub(crate) ring: Ring,
     /// The actor this node's dots carry for as long as the process lives.
     pub(crate) actor: Actor,
-    pub(crate) store: Box<dyn Storage>,
+    /// The highest dot counter this node has issued in this epoch, for any key: every new
+    /// dot goes above it (see `Versions::write_above`).
+    pub(crate) dot_floor: Arc<AtomicU64>,
+    pub(crate) store: TrackedStore<E>,
+    pub(crate) hints: HintStore<E>,
     pub(crate) peers: PeerPool<E>,
     pub(crate) membership: Arc<Membership>,
+    pub(crate) counters: Counters,
     /// Jitter for periodic tasks, from the env's seed so simulated runs repeat.
     rng: Mutex<ChaCha8Rng>,
+}
+
+/// What the background tasks have done since the node started, for `status`.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Wall clock (ms) of the last completed anti-entropy exchange with each peer.
+    pub exchanges: Mutex<BTreeMap<NodeId, u64>>,
+    pub repaired: AtomicU64,
+    pub purged: AtomicU64,
 }
 
 impl<E: Env> Node<E> {
@@ -52,6 +70,9 @@ impl<E: Env> Node<E> {
         let ring = Ring::new(&members, config.partitions, config.effective_replicas())?;
         let actor = take_new_epoch(&env, &config.data_dir, &config.node_id, &mut rng).await?;
         let store = open_store(&env, &config).await?;
+        let store =
+            TrackedStore::open(env.clone(), store, ring.clone(), config.node_id.clone()).await?;
+        let hints = HintStore::open(env.clone(), &config).await?;
 
         let membership = Arc::new(Membership::new(
             config.node_id.clone(),
@@ -72,9 +93,12 @@ impl<E: Env> Node<E> {
             config,
             ring,
             actor,
+            dot_floor: Arc::new(AtomicU64::new(0)),
             store,
+            hints,
             peers,
             membership,
+            counters: Counters::default(),
             rng: Mutex::new(rng),
         }))
     }
@@ -93,6 +117,12 @@ impl<E: Env> Node<E> {
             let task = heartbeat_loop(self.clone(), peer.clone());
             tasks.push(tokio::spawn(task.in_current_span()));
         }
+        let handoff = crate::handoff::handoff_loop(self.clone());
+        tasks.push(tokio::spawn(handoff.in_current_span()));
+        if !self.config.anti_entropy_interval.is_zero() {
+            let exchanges = crate::anti_entropy::anti_entropy_loop(self.clone());
+            tasks.push(tokio::spawn(exchanges.in_current_span()));
+        }
         tokio::select! {
             () = server::accept_loop(self.clone(), listener) => {}
             () = shutdown => tracing::info!(node = %self.id(), "shutting down"),
@@ -108,9 +138,13 @@ impl<E: Env> Node<E> {
     }
 
     /// A random fraction of `base` added to it, so that peers' timers drift apart.
-    fn jittered(&self, base: Duration) -> Duration {
-        let extra = self.rng.lock().expect("rng lock").gen_range(0.0..0.25);
+    pub(crate) fn jittered(&self, base: Duration) -> Duration {
+        let extra = self.rng_mut().gen_range(0.0..0.25);
         base.mul_f64(1.0 + extra)
+    }
+
+    pub(crate) fn rng_mut(&self) -> std::sync::MutexGuard<'_, ChaCha8Rng> {
+        self.rng.lock().expect("rng lock")
     }
 }
 
@@ -191,6 +225,20 @@ impl<E: Env> Node<E> {
             replicas: self.ring.replicas() as u32,
             partitions: self.ring.partitions(),
             members,
+            convergence: self.convergence_status(),
+        }
+    }
+
+    fn convergence_status(&self) -> ConvergenceStatus {
+        let exchanges = self.counters.exchanges.lock().expect("exchanges lock");
+        ConvergenceStatus {
+            now_ms: self.env.wall_clock_millis(),
+            hints_pending: self.hints.pending_by_target(),
+            hints_dropped: self.hints.dropped(),
+            hints_delivered: self.hints.delivered_count(),
+            anti_entropy: exchanges.iter().map(|(p, at)| (p.clone(), *at)).collect(),
+            anti_entropy_repaired: self.counters.repaired.load(Ordering::Relaxed),
+            tombstones_purged: self.counters.purged.load(Ordering::Relaxed),
         }
     }
 

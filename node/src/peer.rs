@@ -32,6 +32,24 @@ pub enum PeerRequest {
     Replicate { key: Bytes, state: Versions },
     /// A write sent by a node that is not a home replica, for a home replica to coordinate.
     Coordinate { request: Request },
+    /// Keep `state` for `target` and hand it off later: this node is a fallback that
+    /// takes a write on behalf of a home replica that missed it (sloppy quorum).
+    Hint {
+        target: NodeId,
+        key: Bytes,
+        state: Versions,
+    },
+    /// This node's hash tree roots of `partitions`, in the same order.
+    TreeRoots { partitions: Vec<u32> },
+    /// The bucket hashes of one partition.
+    TreeBuckets { partition: u32 },
+    /// The keys and state digests in some buckets of one partition.
+    TreeKeys { partition: u32, buckets: Vec<u32> },
+    /// Whether this node would let the key's tombstones go: its state is exactly
+    /// `state`, unchanged for the tombstone grace, and it holds no hint for the key.
+    PurgeCheck { key: Bytes, state: Versions },
+    /// Empty the key's state if it is still exactly `state` (a tombstone being purged).
+    Purge { key: Bytes, state: Versions },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,6 +58,12 @@ pub enum PeerResponse {
     State(Option<Versions>),
     Merged,
     Coordinated(Response),
+    Hinted,
+    Roots(Vec<u64>),
+    Buckets(Vec<u64>),
+    Keys(Vec<(Bytes, u64)>),
+    Stable(bool),
+    Purged(bool),
     Error(ErrorReply),
 }
 

@@ -11,7 +11,6 @@ use crate::coordinator::Write;
 use crate::env::Env;
 use crate::node::Node;
 use crate::peer::{PeerRequest, PeerResponse};
-use crate::versions::Versions;
 
 impl<E: Env> Node<E> {
     pub async fn handle_peer(self: &Arc<Self>, request: PeerRequest) -> PeerResponse {
@@ -21,16 +20,10 @@ impl<E: Env> Node<E> {
                 Ok(state) => PeerResponse::State(state),
                 Err(error) => server_error(&error),
             },
-            PeerRequest::Replicate { key, state } => {
-                let merge = Box::new(move |mine: &mut Versions| {
-                    mine.merge(&state);
-                    Ok(())
-                });
-                match self.store.update(&key, merge).await {
-                    Ok(_) => PeerResponse::Merged,
-                    Err(error) => server_error(&error),
-                }
-            }
+            PeerRequest::Replicate { key, state } => match self.store.merge(&key, state).await {
+                Ok(_) => PeerResponse::Merged,
+                Err(error) => server_error(&error),
+            },
             PeerRequest::Coordinate { request } => {
                 let response = match Write::from_request(request) {
                     Some(write) => self.coordinate_forwarded(write).await,
@@ -44,6 +37,42 @@ impl<E: Env> Node<E> {
                 );
                 PeerResponse::Coordinated(response)
             }
+            PeerRequest::Hint { target, key, state } => {
+                match self.hints.add(&target, &key, &state).await {
+                    Ok(()) => PeerResponse::Hinted,
+                    Err(error) => server_error(&error),
+                }
+            }
+            tree @ (PeerRequest::TreeRoots { .. }
+            | PeerRequest::TreeBuckets { .. }
+            | PeerRequest::TreeKeys { .. }) => self.answer_tree(tree),
+            PeerRequest::PurgeCheck { key, state } => match self.may_purge(&key, &state).await {
+                Ok(stable) => PeerResponse::Stable(stable),
+                Err(error) => PeerResponse::Error(ErrorReply::from(&error)),
+            },
+            PeerRequest::Purge { key, state } => match self.store.purge_if(&key, &state).await {
+                Ok(purged) => PeerResponse::Purged(purged),
+                Err(error) => server_error(&error),
+            },
+        }
+    }
+
+    /// Anti-entropy's questions about this node's hash trees. Partitions and buckets out
+    /// of range read as empty rather than fail: they hold nothing here.
+    fn answer_tree(&self, request: PeerRequest) -> PeerResponse {
+        let trees = self.store.trees();
+        match request {
+            PeerRequest::TreeRoots { partitions } => {
+                PeerResponse::Roots(partitions.iter().map(|p| trees.root(*p)).collect())
+            }
+            PeerRequest::TreeBuckets { partition } => {
+                PeerResponse::Buckets(trees.buckets(partition))
+            }
+            PeerRequest::TreeKeys { partition, buckets } => {
+                let buckets: Vec<usize> = buckets.iter().map(|b| *b as usize).collect();
+                PeerResponse::Keys(trees.keys_in(partition, &buckets))
+            }
+            _ => unreachable!("only tree requests are passed here"),
         }
     }
 

@@ -61,6 +61,9 @@ pub trait Storage: Send + Sync + 'static {
     /// How many keys this node holds (tombstones included).
     fn key_count(&self) -> usize;
 
+    /// Every key held, sorted (a key whose state was emptied by a purge included).
+    fn keys(&self) -> Vec<Bytes>;
+
     /// Rewrites what is still live to give back the space of overwritten records.
     fn compact(&self) -> BoxFuture<'_, Result<CompactionStats, StorageError>>;
 
@@ -130,6 +133,22 @@ impl Storage for MemoryStore {
             .iter()
             .map(|s| s.lock().expect("shard lock").len())
             .sum()
+    }
+
+    fn keys(&self) -> Vec<Bytes> {
+        let mut keys: Vec<Bytes> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .expect("shard lock")
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Nothing is ever dead in memory: an overwrite replaces the state in place.

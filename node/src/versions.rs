@@ -323,9 +323,29 @@ impl Versions {
     /// context replaces nothing. The new dot is one above both this state's and the context's
     /// count for `actor`, so it is above every dot `actor` issued that either has seen.
     pub fn write(&mut self, context: &VersionVector, value: Option<Bytes>, actor: &Actor) -> Dot {
+        self.write_above(context, value, actor, 0)
+    }
+
+    /// [`Versions::write`], with the new dot's counter also above `floor`.
+    ///
+    /// The coordinator passes the highest counter it has issued for any key in this epoch.
+    /// That keeps dots unique even for a key whose history this node no longer holds
+    /// because its tombstone was purged: the purged dots are below the floor, so neither a
+    /// client's old context nor a replica can mistake the new write for one of them. Per
+    /// key, counters of one actor then rise with gaps, which the clock's "1..=n" reading
+    /// tolerates: an actor still issues each key's dots from a state holding all earlier
+    /// ones, so a clock entry covers no write of that key it has not seen.
+    pub fn write_above(
+        &mut self,
+        context: &VersionVector,
+        value: Option<Bytes>,
+        actor: &Actor,
+        floor: u64,
+    ) -> Dot {
         self.siblings
             .retain(|sibling| !context.covers(&sibling.dot));
         self.clock.join(context);
+        self.clock.raise(actor, floor);
 
         let dot = self.clock.next_dot(actor);
         let at = self.siblings.partition_point(|sibling| sibling.dot < dot);
@@ -360,6 +380,34 @@ impl Versions {
             .filter_map(|s| s.value.as_ref())
             .map(|v| v.len())
             .sum()
+    }
+
+    /// A 64-bit hash of the whole state (clock and siblings), for anti-entropy's trees.
+    /// Equal states give equal digests: both parts are kept in canonical order. Every
+    /// variable-length field is length-prefixed, so no two states feed the same bytes.
+    pub fn digest(&self) -> u64 {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let actor = |hasher: &mut xxhash_rust::xxh3::Xxh3, actor: &Actor, counter: u64| {
+            hasher.update(&(actor.node.0.len() as u64).to_le_bytes());
+            hasher.update(actor.node.0.as_bytes());
+            hasher.update(&actor.epoch.to_le_bytes());
+            hasher.update(&counter.to_le_bytes());
+        };
+        hasher.update(&(self.clock.seen.len() as u64).to_le_bytes());
+        for (who, counter) in self.clock.iter() {
+            actor(&mut hasher, who, counter);
+        }
+        for sibling in &self.siblings {
+            actor(&mut hasher, &sibling.dot.actor, sibling.dot.counter);
+            match &sibling.value {
+                Some(value) => {
+                    hasher.update(&(value.len() as u64 + 1).to_le_bytes());
+                    hasher.update(value);
+                }
+                None => hasher.update(&0u64.to_le_bytes()),
+            }
+        }
+        hasher.digest()
     }
 
     pub fn forgot_own_writes(&self, context: &VersionVector, actor: &Actor) -> bool {

@@ -281,9 +281,14 @@ fn replicas_converge(
             .iter()
             .filter(|state| state.key == *key && nodes.contains(&state.node))
             .collect();
-        let differ = states
-            .windows(2)
-            .any(|pair| pair[0].siblings != pair[1].siblings || pair[0].context != pair[1].context);
+        // A purged tombstone and one still waiting for its purge both read as deleted and
+        // merge to the same visible state, so they agree; anything else must be equal.
+        let deleted = |state: &ReplicaState| state.siblings.iter().all(|(_, v)| v.is_none());
+        let differ = states.windows(2).any(|pair| {
+            let both_deleted = deleted(pair[0]) && deleted(pair[1]);
+            let equal = pair[0].siblings == pair[1].siblings && pair[0].context == pair[1].context;
+            !equal && !both_deleted
+        });
         if differ || states.len() != nodes.len() {
             let summary: Vec<String> = states
                 .iter()

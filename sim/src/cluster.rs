@@ -33,8 +33,17 @@ const NODE_PORT: u16 = 7101;
 const EPOCH_SECS: u64 = 1_767_225_600;
 /// A run that has not finished within this much simulated time is a failure of its own.
 const MAX_SIMULATED: Duration = Duration::from_secs(3_600);
-/// After heal: time for the failure detectors to see everyone up again.
-const SETTLE: Duration = Duration::from_secs(5);
+/// After heal: time for the failure detectors to see everyone up again, for hints to be
+/// handed off and for anti-entropy to meet every pair of nodes several times (each node
+/// exchanges with one peer per `SIM_ANTI_ENTROPY_INTERVAL`), before replicas are inspected.
+const SETTLE: Duration = Duration::from_secs(15);
+/// Short convergence timers, so that a run of a few simulated seconds drops hints, runs
+/// anti-entropy many times and purges tombstones: the grace is the hint window plus the
+/// request timeout, the least the node accepts.
+const SIM_HINT_WINDOW: Duration = Duration::from_secs(3);
+const SIM_TOMBSTONE_GRACE: Duration = Duration::from_secs(4);
+const SIM_HANDOFF_INTERVAL: Duration = Duration::from_millis(250);
+const SIM_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_millis(500);
 /// Expected simulated length of the workload, over which faults are spread.
 const MS_PER_OP_PER_CLIENT: u64 = 60;
 /// With disk faults: the share of reads and writes that fail with EIO.
@@ -66,8 +75,10 @@ pub struct SimConfig {
     pub write: Consistency,
     pub sloppy: bool,
     pub faults: BTreeSet<FaultKind>,
-    /// Off only to plant a convergence failure.
+    /// Off only to plant a convergence failure (with hints and anti-entropy off too).
     pub read_repair: bool,
+    pub hints: bool,
+    pub anti_entropy: bool,
     pub storage: StorageKind,
     /// Anything but `always` may lose acknowledged writes in a crash, on purpose.
     pub sync: SyncPolicy,
@@ -87,6 +98,8 @@ impl SimConfig {
             sloppy: false,
             faults: FaultKind::DEFAULT.into_iter().collect(),
             read_repair: true,
+            hints: true,
+            anti_entropy: true,
             storage: StorageKind::Log,
             sync: SyncPolicy::Always,
         }
@@ -217,6 +230,15 @@ fn node_config(config: &SimConfig, name: &str, names: &[String]) -> NodeConfig {
     node.failure_timeout = Duration::from_millis(1_000);
     node.request_timeout = Duration::from_millis(1_000);
     node.read_repair = config.read_repair;
+    node.hints = config.hints;
+    node.hint_window = SIM_HINT_WINDOW;
+    node.tombstone_grace = SIM_TOMBSTONE_GRACE;
+    node.handoff_interval = SIM_HANDOFF_INTERVAL;
+    node.anti_entropy_interval = if config.anti_entropy {
+        SIM_ANTI_ENTROPY_INTERVAL
+    } else {
+        Duration::ZERO
+    };
     node.segment_bytes = SIM_SEGMENT_BYTES;
     node.storage = config.storage;
     node.sync = config.sync;
@@ -227,13 +249,17 @@ fn add_node(sim: &mut turmoil::Sim<'_>, config: &SimConfig, name: &str) {
     let node = node_config(config, name, &config.node_names());
     let boots = Rc::new(Cell::new(0u64));
     let (seed, name_owned) = (config.seed, name.to_owned());
+    let torn_writes = config.faults.contains(&FaultKind::Disk);
     sim.host(name, move || {
         let (boots, name, node) = (boots.clone(), name_owned.clone(), node.clone());
         async move {
             loop {
                 let boot = boots.get();
                 boots.set(boot + 1);
-                let env = SimEnv::new(seed, &name, boot);
+                let mut env = SimEnv::new(seed, &name, boot);
+                if torn_writes {
+                    env = env.with_torn_writes();
+                }
                 let error = match quorumkv_node::run(env, node.clone(), pending()).await {
                     Ok(()) => return Ok(()),
                     Err(error) => error,
@@ -365,7 +391,8 @@ fn cut(sim: &mut turmoil::Sim<'_>, from: &[String], to: &[String], both_ways: bo
     }
 }
 
-/// After heal: every key read at `all` through every node, then every node's own copy.
+/// After heal: every node's own copy of every key (what hints and anti-entropy left,
+/// before any read repairs it), then every key read at `all` through every node.
 fn read_back(
     sim: &mut turmoil::Sim<'_>,
     config: &SimConfig,
@@ -379,6 +406,15 @@ fn read_back(
         for name in &names {
             let client = sim_client(vec![format!("{name}:{NODE_PORT}")]);
             for key in &keys {
+                let state = retried(|| client.inspect(key.clone())).await?;
+                states_out
+                    .borrow_mut()
+                    .push(replica_state(name, key, &state));
+            }
+        }
+        for name in &names {
+            let client = sim_client(vec![format!("{name}:{NODE_PORT}")]);
+            for key in &keys {
                 let read = retried(|| client.get(key.clone(), Consistency::All)).await;
                 let values = match read {
                     Ok(read) => Ok(read.values.iter().map(text).collect()),
@@ -386,15 +422,6 @@ fn read_back(
                 };
                 let (node, key) = (name.clone(), key.clone());
                 reads_out.borrow_mut().push(FinalRead { node, key, values });
-            }
-        }
-        for name in &names {
-            let client = sim_client(vec![format!("{name}:{NODE_PORT}")]);
-            for key in &keys {
-                let state = retried(|| client.inspect(key.clone())).await?;
-                states_out
-                    .borrow_mut()
-                    .push(replica_state(name, key, &state));
             }
         }
         Ok(())

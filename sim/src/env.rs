@@ -17,6 +17,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 #[derive(Clone, Debug)]
 pub struct SimEnv {
     seed: u64,
+    torn_writes: bool,
 }
 
 impl SimEnv {
@@ -25,7 +26,17 @@ impl SimEnv {
         name.extend_from_slice(&boot.to_le_bytes());
         SimEnv {
             seed: xxh3_64_with_seed(&name, run_seed),
+            torn_writes: false,
         }
+    }
+
+    /// Splits every data-file write in two at a point drawn from the seed, as a disk
+    /// writes a large request in sectors. With turmoil's random durability of unsynced
+    /// writes, a crash can then keep the first half of a record and not the second (a
+    /// torn tail), or the second and not the first.
+    pub fn with_torn_writes(mut self) -> Self {
+        self.torn_writes = true;
+        self
     }
 }
 
@@ -41,7 +52,28 @@ impl Listener for SimListener {
 }
 
 /// A file in the host's simulated filesystem.
-pub struct SimFile(simfs::File);
+pub struct SimFile {
+    file: simfs::File,
+    /// Seed of the split points when writes are torn (see [`SimEnv::with_torn_writes`]).
+    tear: Option<u64>,
+}
+
+impl SimFile {
+    async fn write_all_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut written = 0;
+        while written < bytes.len() {
+            match self
+                .file
+                .write_at(&bytes[written..], offset + written as u64)
+                .await?
+            {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => written += n,
+            }
+        }
+        Ok(())
+    }
+}
 
 impl DataFile for SimFile {
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -49,7 +81,7 @@ impl DataFile for SimFile {
         let mut filled = 0;
         while filled < len {
             match self
-                .0
+                .file
                 .read_at(&mut buffer[filled..], offset + filled as u64)
                 .await?
             {
@@ -61,30 +93,27 @@ impl DataFile for SimFile {
     }
 
     async fn write_at(&self, offset: u64, bytes: Vec<u8>) -> io::Result<()> {
-        let mut written = 0;
-        while written < bytes.len() {
-            match self
-                .0
-                .write_at(&bytes[written..], offset + written as u64)
-                .await?
-            {
-                0 => return Err(io::ErrorKind::WriteZero.into()),
-                n => written += n,
+        match self.tear {
+            Some(seed) if bytes.len() > 1 => {
+                let cut = 1
+                    + (xxh3_64_with_seed(&offset.to_le_bytes(), seed) as usize) % (bytes.len() - 1);
+                self.write_all_at(offset, &bytes[..cut]).await?;
+                self.write_all_at(offset + cut as u64, &bytes[cut..]).await
             }
+            _ => self.write_all_at(offset, &bytes).await,
         }
-        Ok(())
     }
 
     async fn sync(&self) -> io::Result<()> {
-        self.0.sync_all().await
+        self.file.sync_all().await
     }
 
     async fn size(&self) -> io::Result<u64> {
-        Ok(self.0.metadata().await?.len())
+        Ok(self.file.metadata().await?.len())
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len).await
+        self.file.set_len(len).await
     }
 }
 
@@ -150,7 +179,10 @@ impl Env for SimEnv {
     async fn open_file(&self, path: &Path) -> io::Result<SimFile> {
         let mut options = simfs::OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
-        Ok(SimFile(options.open(path).await?))
+        Ok(SimFile {
+            file: options.open(path).await?,
+            tear: self.torn_writes.then_some(self.seed),
+        })
     }
 
     async fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {

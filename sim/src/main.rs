@@ -69,6 +69,12 @@ struct Options {
     /// Turn read repair off (to watch the convergence checker fail)
     #[arg(long)]
     no_read_repair: bool,
+    /// Turn hinted handoff off (anti-entropy must then repair alone)
+    #[arg(long)]
+    no_hints: bool,
+    /// Turn anti-entropy off
+    #[arg(long)]
+    no_anti_entropy: bool,
     /// Where nodes keep data: log (durable) or memory (lost in every crash)
     #[arg(long, value_enum, default_value = "log")]
     storage: StorageKind,
@@ -91,6 +97,8 @@ impl Options {
             sloppy: self.sloppy,
             faults: self.faults.clone(),
             read_repair: !self.no_read_repair,
+            hints: !self.no_hints,
+            anti_entropy: !self.no_anti_entropy,
             storage: self.storage,
             sync: self.sync,
         }
@@ -114,6 +122,12 @@ impl Options {
         }
         if self.no_read_repair {
             flags.push_str(" --no-read-repair");
+        }
+        if self.no_hints {
+            flags.push_str(" --no-hints");
+        }
+        if self.no_anti_entropy {
+            flags.push_str(" --no-anti-entropy");
         }
         if self.storage != StorageKind::Log {
             flags.push_str(" --storage memory");

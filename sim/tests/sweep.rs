@@ -127,10 +127,17 @@ fn reads_and_writes_at_one_under_partitions_are_caught_reading_stale_data() -> a
 }
 
 #[test]
-fn a_cluster_without_read_repair_fails_the_convergence_check() -> anyhow::Result<()> {
-    // Goal: the convergence checker is not vacuous: with the only repair mechanism off
-    // (hints and anti-entropy do not exist yet), replicas missed by writes stay behind.
-    let args = ["sweep", "--seeds", PLANTED_SEEDS, "--no-read-repair"];
+fn a_cluster_without_any_repair_fails_the_convergence_check() -> anyhow::Result<()> {
+    // Goal: the convergence checker is not vacuous: with read repair, hints and
+    // anti-entropy all off, replicas missed by writes stay behind.
+    let args = [
+        "sweep",
+        "--seeds",
+        PLANTED_SEEDS,
+        "--no-read-repair",
+        "--no-hints",
+        "--no-anti-entropy",
+    ];
     let output = sim(&[&args[..], &["--faults", NETWORK_FAULTS]].concat())?;
     let text = stdout(&output);
     assert!(!output.status.success(), "{text}");

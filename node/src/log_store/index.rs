@@ -97,6 +97,17 @@ impl Index {
         }
     }
 
+    /// Every key, sorted: the hash map's own order never leaves this function.
+    pub fn keys(&self) -> Vec<bytes::Bytes> {
+        let mut keys: Vec<bytes::Bytes> = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            let shard = shard.lock().expect("index lock");
+            keys.extend(shard.keys().map(|key| bytes::Bytes::copy_from_slice(key)));
+        }
+        keys.sort();
+        keys
+    }
+
     pub fn len(&self) -> usize {
         self.shards
             .iter()

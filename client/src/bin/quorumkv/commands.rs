@@ -73,9 +73,22 @@ pub async fn delete(client: &Client, args: &DeleteArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-pub async fn status(client: &Client) -> anyhow::Result<u8> {
+/// The members as one node sees them, then each node's own hints and anti-entropy.
+pub async fn status(client: &Client, global: &GlobalArgs) -> anyhow::Result<u8> {
     let report = client.status().await?;
     print!("{}", output::status(&report));
+
+    let mut nodes = Vec::new();
+    for member in &report.members {
+        let mut config = crate::client_config(global);
+        config.nodes = vec![member.address.clone()];
+        let own = match Client::new(config) {
+            Ok(one) => one.status().await.ok().map(|r| r.convergence),
+            Err(_) => None,
+        };
+        nodes.push((member.node.clone(), own));
+    }
+    print!("\n{}", output::convergence(&nodes));
     Ok(exit::OK)
 }
 

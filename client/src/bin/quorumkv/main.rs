@@ -58,7 +58,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Get(args) => commands::get(&client, args).await,
         Command::Put(args) => commands::put(&client, args).await,
         Command::Delete(args) => commands::delete(&client, args).await,
-        Command::Status => commands::status(&client).await,
+        Command::Status => commands::status(&client, &cli.global).await,
         Command::Ring { key } => commands::ring(&client, key.as_deref()).await,
         Command::Import(args) => import::run(&client, args).await,
         Command::Verify(args) => verify::run(&client, args).await,

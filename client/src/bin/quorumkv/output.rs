@@ -5,8 +5,11 @@ use std::io::{self, Write};
 
 use base64::Engine;
 use bytes::Bytes;
-use quorumkv_client::protocol::{CompactReport, LocalState, RingEntry, RingReport, StatusReport};
+use quorumkv_client::protocol::{
+    CompactReport, ConvergenceStatus, LocalState, RingEntry, RingReport, StatusReport,
+};
 use quorumkv_client::GetResult;
+use quorumkv_client::NodeId;
 use serde::Serialize;
 
 /// Columns of a table are separated by this many spaces.
@@ -82,6 +85,59 @@ pub fn status(report: &StatusReport) -> String {
         ]
     });
     header + &table(&["NODE", "ADDRESS", "STATE", "PARTITIONS"], rows.collect())
+}
+
+/// Each node's own view of convergence: hints it holds per target, hints it dropped and
+/// delivered, when it last finished an anti-entropy exchange, and tombstones it purged.
+/// `None` for a node that did not answer.
+pub fn convergence(nodes: &[(NodeId, Option<ConvergenceStatus>)]) -> String {
+    let rows = nodes.iter().map(|(node, status)| {
+        let Some(status) = status else {
+            let unknown = || "-".to_owned();
+            return vec![
+                node.to_string(),
+                "unreachable".into(),
+                unknown(),
+                unknown(),
+                unknown(),
+                unknown(),
+            ];
+        };
+        let pending = if status.hints_pending.is_empty() {
+            "none".to_owned()
+        } else {
+            let each = status
+                .hints_pending
+                .iter()
+                .map(|(to, n)| format!("{to}:{n}"));
+            each.collect::<Vec<_>>().join(" ")
+        };
+        let last = status.anti_entropy.iter().map(|(_, at)| *at).max();
+        let last = match last {
+            Some(at) => format!(
+                "{:.1}s ago",
+                status.now_ms.saturating_sub(at) as f64 / 1000.0
+            ),
+            None => "never".to_owned(),
+        };
+        vec![
+            node.to_string(),
+            pending,
+            status.hints_dropped.to_string(),
+            status.hints_delivered.to_string(),
+            last,
+            status.tombstones_purged.to_string(),
+        ]
+    });
+    let header = [
+        "NODE",
+        "HINTS PENDING",
+        "DROPPED",
+        "DELIVERED",
+        "LAST ANTI-ENTROPY",
+        "PURGED",
+    ];
+    table(&header, rows.collect())
 }
 
 /// One key's place: its hash, partition, home replicas and fallbacks.
@@ -253,12 +309,37 @@ mod tests {
             replicas: 3,
             partitions: 256,
             members: vec![member("n1", true), member("n2", false)],
+            convergence: ConvergenceStatus::default(),
         };
         let expected = "answered by n1 (cluster quorumkv): N = 3, Q = 256\n\
                         NODE  ADDRESS         STATE  PARTITIONS\n\
                         n1    127.0.0.1:7101  up     128\n\
                         n2    127.0.0.1:7102  down   128\n";
         assert_eq!(status(&report), expected);
+    }
+
+    #[test]
+    fn convergence_rows_show_hints_by_target_and_the_last_exchange_age() {
+        // Goal: an operator sees, per node, what waits for whom and how fresh
+        // anti-entropy is; a node that did not answer is marked, not skipped.
+        let status = ConvergenceStatus {
+            now_ms: 10_000,
+            hints_pending: vec![(NodeId::from("n3"), 12)],
+            hints_dropped: 1,
+            hints_delivered: 5,
+            anti_entropy: vec![(NodeId::from("n2"), 7_500), (NodeId::from("n3"), 9_000)],
+            anti_entropy_repaired: 0,
+            tombstones_purged: 2,
+        };
+        let text = convergence(&[
+            (NodeId::from("n1"), Some(status)),
+            (NodeId::from("n3"), None),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("NODE"), "{text}");
+        let n1: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(n1, ["n1", "n3:12", "1", "5", "1.0s", "ago", "2"]);
+        assert!(lines[2].contains("unreachable"), "{text}");
     }
 
     #[test]

@@ -1,0 +1,541 @@
+//! Hints: writes a home replica missed, kept durably until it can take them.
+//!
+//! A coordinator whose write a home replica did not acknowledge (it was down, or did not
+//! answer in time) stores a hint for it; under a sloppy quorum the fallback that took
+//! the write on the home's behalf stores it instead. The handoff task ([`crate::handoff`])
+//! offers each hint to its target once the failure detector sees it up, and deletes it
+//! once the target acknowledged the merge.
+//!
+//! One hint per (target, key): a second hint for the same pair is merged into the first,
+//! so a hot key behind a dead replica costs one state, not one per write. The merged hint
+//! keeps the older creation time, so it never outlives the window of anything it carries
+//! (the tombstone purge rule relies on that, see [`crate::tombstones`]).
+//!
+//! Durability: the hints live in memory and in a journal `hints-NNNNNNNNNN.log` of
+//! checksummed records (4-byte length, 4-byte CRC-32, MessagePack body), appended under
+//! group commit and fsynced before `add` returns when the node's sync policy is `always`.
+//! On start the journal is read (up to the first damaged or torn record) and written
+//! again as a fresh generation, which is also how it sheds removed hints while running.
+//!
+//! Bounds: hints older than the hint window are dropped, and so is a hint that would take
+//! the store past its byte limit; both are counted and logged. Anti-entropy repairs what a
+//! dropped hint carried.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use quorumkv_client::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{NodeConfig, SyncPolicy};
+use crate::env::{DataFile, Env};
+use crate::versions::Versions;
+
+/// The directory under the node's data dir that holds the journal.
+pub const HINTS_DIR: &str = "hints";
+
+/// Rewrite the journal once this many bytes of it are removed or replaced hints and they
+/// outweigh the live ones: the journal then stays within about twice the live hints.
+const REWRITE_DEAD_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HintError {
+    #[error("hints are switched off on this node")]
+    Disabled,
+    #[error("hint storage is full ({limit} bytes); the hint was dropped")]
+    Full { limit: u64 },
+    #[error("hint journal i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One pending hint.
+#[derive(Clone, Debug)]
+pub struct Hint {
+    /// Changes whenever the hint is replaced by a merge, so that a delivery of the old
+    /// state does not delete the newer one.
+    pub id: u64,
+    pub state: Versions,
+    /// Wall clock when the oldest write it carries was hinted, ms since the Unix epoch.
+    pub created_ms: u64,
+    bytes: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Record {
+    Add {
+        id: u64,
+        target: NodeId,
+        key: Bytes,
+        state: Versions,
+        created_ms: u64,
+    },
+    Remove {
+        id: u64,
+        target: NodeId,
+        key: Bytes,
+    },
+}
+
+#[derive(Default)]
+struct Pending {
+    hints: BTreeMap<(NodeId, Bytes), Hint>,
+    /// How many targets hold a hint for each key, for the tombstone purge rule.
+    keys: BTreeMap<Bytes, u32>,
+    live_bytes: u64,
+    dead_bytes: u64,
+    next_id: u64,
+    /// Records not yet written to the journal, and the number of the last one.
+    unwritten: Vec<u8>,
+    records: u64,
+}
+
+struct Journal<F> {
+    file: F,
+    path: PathBuf,
+    generation: u64,
+    len: u64,
+    /// Records up to this number are written (and synced, under `always`).
+    durable: u64,
+}
+
+pub struct HintStore<E: Env> {
+    env: E,
+    dir: PathBuf,
+    enabled: bool,
+    sync: SyncPolicy,
+    window_ms: u64,
+    limit_bytes: u64,
+    pending: Mutex<Pending>,
+    journal: tokio::sync::Mutex<Journal<E::File>>,
+    dropped: AtomicU64,
+    delivered: AtomicU64,
+}
+
+impl<E: Env> HintStore<E> {
+    /// Opens the journal in `<data_dir>/hints`, recovering what it holds.
+    pub async fn open(env: E, config: &NodeConfig) -> std::io::Result<Self> {
+        let dir = config.data_dir.join(HINTS_DIR);
+        env.create_dir_all(&dir).await?;
+        let files = journal_files(&env, &dir).await?;
+        let mut pending = Pending::default();
+        let mut generation = 0;
+        if let Some((last, path)) = files.last() {
+            generation = *last;
+            let bytes = env.read_file(path).await?.unwrap_or_default();
+            let (records, torn) = replay(&bytes, &mut pending);
+            tracing::info!(
+                records,
+                torn_bytes = torn,
+                hints = pending.hints.len(),
+                "hints recovered"
+            );
+        }
+
+        let path = journal_path(&dir, generation + 1);
+        let file = env.open_file(&path).await?;
+        let journal = Journal {
+            file,
+            path,
+            generation: generation + 1,
+            len: 0,
+            durable: 0,
+        };
+        let store = HintStore {
+            env,
+            dir,
+            enabled: config.hints,
+            sync: config.sync,
+            window_ms: config.hint_window.as_millis() as u64,
+            limit_bytes: config.hint_storage_bytes,
+            pending: Mutex::new(pending),
+            journal: tokio::sync::Mutex::new(journal),
+            dropped: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        };
+        store.write_snapshot_into_current().await?;
+        for (_, old) in files {
+            store.env.remove_file(&old).await?;
+        }
+        store.env.sync_dir(&store.dir).await?;
+        Ok(store)
+    }
+
+    /// Stores a hint that `target` should merge `state` for `key`; durable on return
+    /// under `sync = always`.
+    pub async fn add(
+        &self,
+        target: &NodeId,
+        key: &Bytes,
+        state: &Versions,
+    ) -> Result<(), HintError> {
+        if !self.enabled {
+            return Err(HintError::Disabled);
+        }
+        let now = self.env.wall_clock_millis();
+        let record = {
+            let mut pending = self.pending.lock().expect("hints lock");
+            match pending.insert(target, key, state, now, self.limit_bytes) {
+                Some(record) => record,
+                None => {
+                    drop(pending);
+                    self.drop_hint(target, "hint storage is full");
+                    return Err(HintError::Full {
+                        limit: self.limit_bytes,
+                    });
+                }
+            }
+        };
+        self.persist(record).await?;
+        Ok(())
+    }
+
+    /// Deletes the hint if it is still the one with `id` (delivered and acknowledged).
+    pub fn delivered(&self, target: &NodeId, key: &Bytes, id: u64) {
+        let mut pending = self.pending.lock().expect("hints lock");
+        if pending.remove(target, key, Some(id)) {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops every hint older than the window; returns how many.
+    pub fn expire(&self) -> u64 {
+        let cutoff = self.env.wall_clock_millis().saturating_sub(self.window_ms);
+        let mut pending = self.pending.lock().expect("hints lock");
+        let expired: Vec<(NodeId, Bytes)> = pending
+            .hints
+            .iter()
+            .filter(|(_, hint)| hint.created_ms <= cutoff)
+            .map(|(at, _)| at.clone())
+            .collect();
+        for (target, key) in &expired {
+            pending.remove(target, key, None);
+        }
+        drop(pending);
+        for (target, _) in &expired {
+            self.drop_hint(target, "older than the hint window");
+        }
+        expired.len() as u64
+    }
+
+    /// Up to `limit` unexpired hints for `target`, in key order.
+    pub fn for_target(&self, target: &NodeId, limit: usize) -> Vec<(Bytes, Hint)> {
+        let cutoff = self.env.wall_clock_millis().saturating_sub(self.window_ms);
+        let pending = self.pending.lock().expect("hints lock");
+        let start = (target.clone(), Bytes::new());
+        pending
+            .hints
+            .range(start..)
+            .take_while(|((to, _), _)| to == target)
+            .filter(|(_, hint)| hint.created_ms > cutoff)
+            .take(limit)
+            .map(|((_, key), hint)| (key.clone(), hint.clone()))
+            .collect()
+    }
+
+    /// Pending hints per target, targets in order.
+    pub fn pending_by_target(&self) -> Vec<(NodeId, u64)> {
+        let pending = self.pending.lock().expect("hints lock");
+        let mut counts: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for (target, _) in pending.hints.keys() {
+            *counts.entry(target.clone()).or_default() += 1;
+        }
+        counts.into_iter().collect()
+    }
+
+    /// Whether any hint for `key` is pending, for any target.
+    pub fn holds_key(&self, key: &[u8]) -> bool {
+        self.pending
+            .lock()
+            .expect("hints lock")
+            .keys
+            .contains_key(key)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn delivered_count(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    fn drop_hint(&self, target: &NodeId, reason: &str) {
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(%target, reason, dropped, "hint dropped");
+    }
+
+    /// Writes removals and fsyncs under `interval`, and rewrites the journal when it is
+    /// mostly dead. Called by the handoff task on every round.
+    pub async fn maintain(&self) -> std::io::Result<()> {
+        let last = self.pending.lock().expect("hints lock").records;
+        self.persist(last).await?;
+        if self.sync == SyncPolicy::Interval {
+            self.journal.lock().await.file.sync().await?;
+        }
+        let rewrite = {
+            let pending = self.pending.lock().expect("hints lock");
+            pending.dead_bytes > REWRITE_DEAD_BYTES && pending.dead_bytes > pending.live_bytes
+        };
+        if rewrite {
+            self.rewrite().await?;
+        }
+        Ok(())
+    }
+
+    /// Makes every record up to number `record` durable (group commit: whoever holds the
+    /// journal writes everything queued so far, so one write and fsync serve many adds).
+    async fn persist(&self, record: u64) -> std::io::Result<()> {
+        let mut journal = self.journal.lock().await;
+        if journal.durable >= record {
+            return Ok(());
+        }
+        let (bytes, upto) = {
+            let mut pending = self.pending.lock().expect("hints lock");
+            (std::mem::take(&mut pending.unwritten), pending.records)
+        };
+        // On failure the journal's length stays, so the next batch overwrites whatever
+        // part of this one reached the file; the lost records' hints stay in memory.
+        let written = bytes.len() as u64;
+        journal.file.write_at(journal.len, bytes).await?;
+        journal.len += written;
+        if self.sync == SyncPolicy::Always {
+            journal.file.sync().await?;
+        }
+        journal.durable = upto;
+        Ok(())
+    }
+
+    /// A fresh generation of the journal holding only the live hints.
+    async fn rewrite(&self) -> std::io::Result<()> {
+        let mut journal = self.journal.lock().await;
+        let generation = journal.generation + 1;
+        let path = journal_path(&self.dir, generation);
+        let file = self.env.open_file(&path).await?;
+        let (bytes, upto) = self.snapshot();
+        let len = bytes.len() as u64;
+        file.write_at(0, bytes).await?;
+        file.sync().await?;
+        self.env.sync_dir(&self.dir).await?;
+        let old = std::mem::replace(
+            &mut *journal,
+            Journal {
+                file,
+                path,
+                generation,
+                len,
+                durable: upto,
+            },
+        );
+        self.env.remove_file(&old.path).await?;
+        tracing::debug!(generation, bytes = len, "hint journal rewritten");
+        Ok(())
+    }
+
+    async fn write_snapshot_into_current(&self) -> std::io::Result<()> {
+        let mut journal = self.journal.lock().await;
+        let (bytes, upto) = self.snapshot();
+        let len = bytes.len() as u64;
+        journal.file.write_at(0, bytes).await?;
+        journal.file.sync().await?;
+        journal.len = len;
+        journal.durable = upto;
+        Ok(())
+    }
+
+    /// Every live hint as records; what was queued is in it, so the queue is cleared.
+    fn snapshot(&self) -> (Vec<u8>, u64) {
+        let mut pending = self.pending.lock().expect("hints lock");
+        let mut bytes = Vec::new();
+        for ((target, key), hint) in &pending.hints {
+            bytes.extend(encode(&add_record(target, key, hint)));
+        }
+        pending.unwritten.clear();
+        pending.dead_bytes = 0;
+        (bytes, pending.records)
+    }
+}
+
+impl Pending {
+    /// Adds or merges a hint; returns the number of its journal record, or `None` when
+    /// the result would not fit under `limit` bytes.
+    fn insert(
+        &mut self,
+        target: &NodeId,
+        key: &Bytes,
+        state: &Versions,
+        now_ms: u64,
+        limit: u64,
+    ) -> Option<u64> {
+        let at = (target.clone(), key.clone());
+        let mut hint = match self.hints.get(&at) {
+            Some(old) => {
+                let mut merged = old.clone();
+                merged.state.merge(state);
+                merged.created_ms = old.created_ms.min(now_ms);
+                merged
+            }
+            None => Hint {
+                id: 0,
+                state: state.clone(),
+                created_ms: now_ms,
+                bytes: 0,
+            },
+        };
+        hint.id = self.next_id;
+        let record = encode(&add_record(target, key, &hint));
+        hint.bytes = record.len() as u64;
+        let replaced = self.hints.get(&at).map_or(0, |old| old.bytes);
+        if self.live_bytes - replaced + hint.bytes > limit {
+            return None;
+        }
+        self.next_id += 1;
+        self.live_bytes = self.live_bytes - replaced + hint.bytes;
+        self.dead_bytes += replaced;
+        if replaced == 0 {
+            *self.keys.entry(key.clone()).or_default() += 1;
+        }
+        self.hints.insert(at, hint);
+        Some(self.queue(record))
+    }
+
+    /// Removes the hint (only if its id is `id`, when given); true when it did.
+    fn remove(&mut self, target: &NodeId, key: &Bytes, id: Option<u64>) -> bool {
+        let at = (target.clone(), key.clone());
+        let Some(hint) = self.hints.get(&at) else {
+            return false;
+        };
+        if id.is_some_and(|id| id != hint.id) {
+            return false;
+        }
+        let record = encode(&Record::Remove {
+            id: hint.id,
+            target: target.clone(),
+            key: key.clone(),
+        });
+        let bytes = hint.bytes;
+        self.hints.remove(&at);
+        self.live_bytes -= bytes;
+        self.dead_bytes += bytes + record.len() as u64;
+        if let Some(count) = self.keys.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                self.keys.remove(key);
+            }
+        }
+        self.queue(record);
+        true
+    }
+
+    fn queue(&mut self, record: Vec<u8>) -> u64 {
+        self.unwritten.extend(record);
+        self.records += 1;
+        self.records
+    }
+}
+
+fn add_record(target: &NodeId, key: &Bytes, hint: &Hint) -> Record {
+    Record::Add {
+        id: hint.id,
+        target: target.clone(),
+        key: key.clone(),
+        state: hint.state.clone(),
+        created_ms: hint.created_ms,
+    }
+}
+
+fn encode(record: &Record) -> Vec<u8> {
+    let body = rmp_serde::to_vec(record).expect("a hint record always serializes");
+    let mut bytes = Vec::with_capacity(8 + body.len());
+    bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// Applies the journal's records to `pending`; returns how many were read and how many
+/// bytes after the last good one were ignored (a torn tail or damage).
+fn replay(mut bytes: &[u8], pending: &mut Pending) -> (u64, usize) {
+    let mut records = 0;
+    while bytes.len() >= 8 {
+        let length = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        let crc = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        let Some(body) = bytes.get(8..8 + length) else {
+            break;
+        };
+        if crc32fast::hash(body) != crc {
+            break;
+        }
+        let Ok(record) = rmp_serde::from_slice::<Record>(body) else {
+            break;
+        };
+        apply(record, pending);
+        records += 1;
+        bytes = &bytes[8 + length..];
+    }
+    if !bytes.is_empty() {
+        tracing::warn!(
+            bytes = bytes.len(),
+            "hint journal ends in a torn or damaged record"
+        );
+    }
+    (records, bytes.len())
+}
+
+fn apply(record: Record, pending: &mut Pending) {
+    match record {
+        Record::Add {
+            id,
+            target,
+            key,
+            state,
+            created_ms,
+        } => {
+            let hint = Hint {
+                id,
+                state,
+                created_ms,
+                bytes: 0,
+            };
+            let bytes = encode(&add_record(&target, &key, &hint)).len() as u64;
+            let at = (target, key.clone());
+            let replaced = pending.hints.get(&at).map_or(0, |old| old.bytes);
+            if replaced == 0 {
+                *pending.keys.entry(key).or_default() += 1;
+            }
+            pending.live_bytes = pending.live_bytes - replaced + bytes;
+            pending.hints.insert(at, Hint { bytes, ..hint });
+            pending.next_id = pending.next_id.max(id + 1);
+        }
+        Record::Remove { id, target, key } => {
+            pending.remove(&target, &key, Some(id));
+        }
+    }
+    pending.unwritten.clear();
+}
+
+fn journal_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("hints-{generation:010}.log"))
+}
+
+/// The journal generations in `dir`, oldest first.
+async fn journal_files<E: Env>(env: &E, dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    for path in env.list_dir(dir).await? {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let generation = name
+            .strip_prefix("hints-")
+            .and_then(|rest| rest.strip_suffix(".log"))
+            .and_then(|number| number.parse::<u64>().ok());
+        if let Some(generation) = generation {
+            files.push((generation, path));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
