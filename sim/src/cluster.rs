@@ -28,7 +28,7 @@ use crate::history::{FinalRead, Op, ReplicaState};
 use crate::workload::{self, sim_client, text, WorkloadConfig};
 
 /// Node ports inside the simulation; every host has its own address, so one port serves.
-const NODE_PORT: u16 = 7101;
+pub(crate) const NODE_PORT: u16 = 7101;
 /// Fixed start of simulated wall-clock time (2026-01-01), never the machine's clock.
 const EPOCH_SECS: u64 = 1_767_225_600;
 /// A run that has not finished within this much simulated time is a failure of its own.
@@ -113,7 +113,7 @@ impl SimConfig {
         matches!((r, w), (Ok(r), Ok(w)) if r + w > n) && !self.sloppy
     }
 
-    fn node_names(&self) -> Vec<String> {
+    pub(crate) fn node_names(&self) -> Vec<String> {
         (1..=self.nodes).map(|i| format!("n{i}")).collect()
     }
 }
@@ -197,7 +197,7 @@ pub fn run(config: &SimConfig) -> anyhow::Result<Report> {
     })
 }
 
-fn build<'a>(config: &SimConfig) -> turmoil::Sim<'a> {
+pub(crate) fn build<'a>(config: &SimConfig) -> turmoil::Sim<'a> {
     let mut builder = turmoil::Builder::new();
     builder
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
@@ -219,7 +219,7 @@ fn build<'a>(config: &SimConfig) -> turmoil::Sim<'a> {
     builder.build()
 }
 
-fn node_config(config: &SimConfig, name: &str, names: &[String]) -> NodeConfig {
+pub(crate) fn node_config(config: &SimConfig, name: &str, names: &[String]) -> NodeConfig {
     let members: BTreeMap<NodeId, String> = names
         .iter()
         .map(|n| (NodeId(n.clone()), format!("{n}:{NODE_PORT}")))
@@ -247,9 +247,21 @@ fn node_config(config: &SimConfig, name: &str, names: &[String]) -> NodeConfig {
 
 fn add_node(sim: &mut turmoil::Sim<'_>, config: &SimConfig, name: &str) {
     let node = node_config(config, name, &config.node_names());
-    let boots = Rc::new(Cell::new(0u64));
-    let (seed, name_owned) = (config.seed, name.to_owned());
     let torn_writes = config.faults.contains(&FaultKind::Disk);
+    spawn_node(sim, config.seed, name, node, torn_writes);
+}
+
+/// A simulated host that runs the node, and starts it again after a failed start or a
+/// crash (turmoil calls the closure again on `bounce`), with a new boot count each time.
+pub(crate) fn spawn_node(
+    sim: &mut turmoil::Sim<'_>,
+    seed: u64,
+    name: &str,
+    node: NodeConfig,
+    torn_writes: bool,
+) {
+    let boots = Rc::new(Cell::new(0u64));
+    let name_owned = name.to_owned();
     sim.host(name, move || {
         let (boots, name, node) = (boots.clone(), name_owned.clone(), node.clone());
         async move {

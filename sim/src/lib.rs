@@ -7,12 +7,14 @@
 //! - [`faults`]: fault schedules drawn from the seed.
 //! - [`history`]: what each operation did and returned.
 //! - [`checker`]: the guarantees, checked over the history.
+//! - [`scenario`]: scripted runs for named tests of one mechanism at a time.
 
 pub mod checker;
 pub mod cluster;
 pub mod env;
 pub mod faults;
 pub mod history;
+pub mod scenario;
 pub mod workload;
 
 pub use cluster::{run, Report, SimConfig};
