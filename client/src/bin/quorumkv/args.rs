@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand};
 use quorumkv_client::protocol::DEFAULT_CLUSTER;
-use quorumkv_client::{Consistency, Context, Error};
+use quorumkv_client::{Consistency, Context, Error, WriteOptions};
 
 /// The three nodes `scripts/cluster.sh` starts by default.
 const DEFAULT_NODES: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
@@ -156,6 +156,20 @@ pub struct WriteArgs {
     /// at the same level and deletes what that read saw.
     #[arg(long, value_name = "CTX", value_parser = parse_context)]
     pub context: Option<Context>,
+
+    /// Sloppy quorum: fallback nodes that take the write for a missing home replica (and
+    /// keep it as a hint for it) count toward the level. Without it only home replicas do.
+    #[arg(long)]
+    pub sloppy: bool,
+}
+
+impl WriteArgs {
+    pub fn options(&self) -> WriteOptions {
+        WriteOptions {
+            consistency: self.consistency,
+            sloppy: self.sloppy,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +299,7 @@ mod tests {
             panic!("parsed as another command")
         };
         assert_eq!(put.write.consistency, Consistency::Any);
+        assert!(!put.write.sloppy);
         Ok(())
     }
 

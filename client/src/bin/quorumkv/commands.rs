@@ -51,7 +51,7 @@ pub async fn put(client: &Client, args: &PutArgs) -> anyhow::Result<u8> {
     let write = &args.write;
     let key = args.key.clone();
     client
-        .put(key, value, write.context.as_ref(), write.consistency)
+        .put(key, value, write.context.as_ref(), write.options())
         .await?;
     Ok(exit::OK)
 }
@@ -68,7 +68,7 @@ pub async fn delete(client: &Client, args: &DeleteArgs) -> anyhow::Result<u8> {
         }
     };
     client
-        .delete(args.key.clone(), Some(&context), write.consistency)
+        .delete(args.key.clone(), Some(&context), write.options())
         .await?;
     Ok(exit::OK)
 }
