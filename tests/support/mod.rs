@@ -17,7 +17,8 @@ use quorumkv_client::{Client, ClientConfig};
 /// busy two-core CI machine does not mark live nodes down.
 const HEARTBEAT_INTERVAL_MS: u64 = 100;
 const FAILURE_TIMEOUT_MS: u64 = 800;
-const REQUEST_TIMEOUT_MS: u64 = 1_000;
+/// Public so that tests can derive settings the node checks against it (tombstone grace).
+pub const REQUEST_TIMEOUT_MS: u64 = 1_000;
 /// How long a test waits for the cluster to reach an expected view.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -72,6 +73,8 @@ pub fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
 pub struct Cluster {
     pub addresses: Vec<String>,
     replicas: usize,
+    /// Extra flags for every node; they must not repeat a flag this module sets.
+    node_args: Vec<String>,
     data: tempfile::TempDir,
     children: Vec<Option<Child>>,
 }
@@ -79,11 +82,22 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `nodes` nodes with N = `replicas` and waits until all see each other.
     pub async fn start(nodes: usize, replicas: usize) -> anyhow::Result<Cluster> {
+        Cluster::start_with(nodes, replicas, &[]).await
+    }
+
+    /// As [`Cluster::start`], with extra flags for every node, e.g.
+    /// `["--anti-entropy-interval-ms", "0"]`; restarted nodes get them too.
+    pub async fn start_with(
+        nodes: usize,
+        replicas: usize,
+        node_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
         let ports = free_ports(nodes)?;
         let addresses = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let mut cluster = Cluster {
             addresses,
             replicas,
+            node_args: node_args.iter().map(|a| a.to_string()).collect(),
             data: tempfile::tempdir()?,
             children: (0..nodes).map(|_| None).collect(),
         };
@@ -96,6 +110,13 @@ impl Cluster {
 
     pub fn name(index: usize) -> String {
         format!("n{}", index + 1)
+    }
+
+    /// The index of the node named `name` (`n1` is 0), as the ring and status name it.
+    pub fn index_of(&self, name: &str) -> anyhow::Result<usize> {
+        (0..self.addresses.len())
+            .find(|&index| Cluster::name(index) == name)
+            .with_context(|| format!("no node {name} in this cluster"))
     }
 
     fn members(&self) -> BTreeMap<String, String> {
@@ -117,6 +138,7 @@ impl Cluster {
             ])
             .args(["--failure-timeout-ms", &FAILURE_TIMEOUT_MS.to_string()])
             .args(["--request-timeout-ms", &REQUEST_TIMEOUT_MS.to_string()])
+            .args(&self.node_args)
             .env("QUORUMKV_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
