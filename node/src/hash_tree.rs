@@ -57,9 +57,11 @@ impl HashTrees {
     pub fn set(&mut self, partition: u32, key: &[u8], digest: Option<u64>) {
         let tree = self.partitions.entry(partition).or_default();
         let bucket = bucket_of(key);
-        let previous = match digest {
-            Some(digest) => tree.keys.insert(Bytes::copy_from_slice(key), digest),
-            None => tree.keys.remove(key),
+        // Replacing in place: the hot path (a key written again) copies no key bytes.
+        let previous = match (digest, tree.keys.get_mut(key)) {
+            (Some(digest), Some(current)) => Some(std::mem::replace(current, digest)),
+            (Some(digest), None) => tree.keys.insert(Bytes::copy_from_slice(key), digest),
+            (None, _) => tree.keys.remove(key),
         };
         if let Some(previous) = previous {
             tree.buckets[bucket] ^= leaf(key, previous);

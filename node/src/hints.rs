@@ -134,14 +134,19 @@ impl<E: Env> HintStore<E> {
             );
         }
 
+        let (bytes, records) = snapshot(&mut pending);
         let path = journal_path(&dir, generation + 1);
+        let len = bytes.len() as u64;
+        // Written whole and renamed into place, so a crash here leaves the previous
+        // generation as the newest complete one.
+        env.write_file_durably(&path, bytes).await?;
         let file = env.open_file(&path).await?;
         let journal = Journal {
             file,
             path,
             generation: generation + 1,
-            len: 0,
-            durable: 0,
+            len,
+            durable: records,
         };
         let store = HintStore {
             env,
@@ -155,7 +160,6 @@ impl<E: Env> HintStore<E> {
             dropped: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
         };
-        store.write_snapshot_into_current().await?;
         for (_, old) in files {
             store.env.remove_file(&old).await?;
         }
@@ -313,12 +317,10 @@ impl<E: Env> HintStore<E> {
         let mut journal = self.journal.lock().await;
         let generation = journal.generation + 1;
         let path = journal_path(&self.dir, generation);
-        let file = self.env.open_file(&path).await?;
-        let (bytes, upto) = self.snapshot();
+        let (bytes, records) = snapshot(&mut self.pending.lock().expect("hints lock"));
         let len = bytes.len() as u64;
-        file.write_at(0, bytes).await?;
-        file.sync().await?;
-        self.env.sync_dir(&self.dir).await?;
+        self.env.write_file_durably(&path, bytes).await?;
+        let file = self.env.open_file(&path).await?;
         let old = std::mem::replace(
             &mut *journal,
             Journal {
@@ -326,36 +328,25 @@ impl<E: Env> HintStore<E> {
                 path,
                 generation,
                 len,
-                durable: upto,
+                durable: records,
             },
         );
         self.env.remove_file(&old.path).await?;
         tracing::debug!(generation, bytes = len, "hint journal rewritten");
         Ok(())
     }
+}
 
-    async fn write_snapshot_into_current(&self) -> std::io::Result<()> {
-        let mut journal = self.journal.lock().await;
-        let (bytes, upto) = self.snapshot();
-        let len = bytes.len() as u64;
-        journal.file.write_at(0, bytes).await?;
-        journal.file.sync().await?;
-        journal.len = len;
-        journal.durable = upto;
-        Ok(())
+/// Every live hint as records, ready to be a new generation of the journal. What was
+/// queued for the old one is in it, so the queue is cleared.
+fn snapshot(pending: &mut Pending) -> (Vec<u8>, u64) {
+    let mut bytes = Vec::new();
+    for ((target, key), hint) in &pending.hints {
+        bytes.extend(encode(&add_record(target, key, hint)));
     }
-
-    /// Every live hint as records; what was queued is in it, so the queue is cleared.
-    fn snapshot(&self) -> (Vec<u8>, u64) {
-        let mut pending = self.pending.lock().expect("hints lock");
-        let mut bytes = Vec::new();
-        for ((target, key), hint) in &pending.hints {
-            bytes.extend(encode(&add_record(target, key, hint)));
-        }
-        pending.unwritten.clear();
-        pending.dead_bytes = 0;
-        (bytes, pending.records)
-    }
+    pending.unwritten.clear();
+    pending.dead_bytes = 0;
+    (bytes, pending.records)
 }
 
 impl Pending {
@@ -538,4 +529,139 @@ async fn journal_files<E: Env>(env: &E, dir: &Path) -> std::io::Result<Vec<(u64,
     }
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::env::TokioEnv;
+    use crate::versions::VersionVector;
+
+    fn config(dir: &Path) -> NodeConfig {
+        let members = [(NodeId::from("n1"), "127.0.0.1:0".to_owned())].into();
+        NodeConfig::for_member("n1", &members, dir)
+    }
+
+    fn state(value: &str) -> Versions {
+        let mut state = Versions::new();
+        let actor = crate::versions::Actor::new(NodeId::from("n1"), 1);
+        state.write(
+            &VersionVector::new(),
+            Some(Bytes::from(value.to_owned())),
+            &actor,
+        );
+        state
+    }
+
+    fn key(text: &str) -> Bytes {
+        Bytes::from(text.to_owned())
+    }
+
+    #[tokio::test]
+    async fn hints_survive_a_restart_and_delivered_ones_stay_gone() -> anyhow::Result<()> {
+        // Goal: the journal is the truth after a restart: pending hints come back with
+        // their state, delivered ones do not.
+        let dir = tempfile::tempdir()?;
+        let (n2, n3) = (NodeId::from("n2"), NodeId::from("n3"));
+        let store = HintStore::open(TokioEnv, &config(dir.path())).await?;
+        store.add(&n2, &key("a"), &state("1")).await?;
+        store.add(&n2, &key("b"), &state("2")).await?;
+        store.add(&n3, &key("a"), &state("3")).await?;
+        let (delivered, hint) = store.for_target(&n2, 10).remove(0);
+        store.delivered(&n2, &delivered, hint.id);
+        store.maintain().await?;
+        drop(store);
+
+        let store = HintStore::open(TokioEnv, &config(dir.path())).await?;
+        assert_eq!(store.pending_by_target(), vec![(n2.clone(), 1), (n3, 1)]);
+        let left = store.for_target(&n2, 10);
+        assert_eq!(left[0].0, key("b"));
+        assert_eq!(left[0].1.state, state("2"));
+        assert!(store.holds_key(b"a") && store.holds_key(b"b"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_second_hint_for_a_key_merges_and_a_stale_delivery_keeps_it() -> anyhow::Result<()> {
+        // Goal: one hint per target and key, holding both writes; delivering the first
+        // version must not delete the merged one (its id changed).
+        let dir = tempfile::tempdir()?;
+        let n2 = NodeId::from("n2");
+        let store = HintStore::open(TokioEnv, &config(dir.path())).await?;
+        store.add(&n2, &key("a"), &state("1")).await?;
+        let first = store.for_target(&n2, 10).remove(0).1;
+        let other = {
+            let mut other = Versions::new();
+            let actor = crate::versions::Actor::new(NodeId::from("n3"), 1);
+            other.write(&VersionVector::new(), Some(Bytes::from("2")), &actor);
+            other
+        };
+        store.add(&n2, &key("a"), &other).await?;
+        store.delivered(&n2, &key("a"), first.id);
+
+        let merged = store.for_target(&n2, 10);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].1.state.values().len(), 2);
+        assert_eq!(merged[0].1.created_ms, first.created_ms);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn hints_over_the_limit_or_past_the_window_are_dropped_and_counted() -> anyhow::Result<()>
+    {
+        // Goal: hint storage is bounded in bytes and in age, and each drop is counted.
+        let dir = tempfile::tempdir()?;
+        let n2 = NodeId::from("n2");
+        let mut settings = config(dir.path());
+        settings.hint_storage_bytes = 300;
+        settings.hint_window = Duration::from_millis(20);
+        let store = HintStore::open(TokioEnv, &settings).await?;
+        store.add(&n2, &key("a"), &state("small")).await?;
+        let big = state(&"x".repeat(400));
+        assert!(matches!(
+            store.add(&n2, &key("b"), &big).await,
+            Err(HintError::Full { .. })
+        ));
+        assert_eq!(store.dropped(), 1);
+
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            store.for_target(&n2, 10).is_empty(),
+            "an expired hint is never offered"
+        );
+        assert_eq!(store.expire(), 1);
+        assert_eq!(store.dropped(), 2);
+        assert!(store.pending_by_target().is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_torn_journal_tail_costs_only_the_torn_record() -> anyhow::Result<()> {
+        // Goal: a crash in the middle of an append leaves the hints before it intact.
+        let dir = tempfile::tempdir()?;
+        let n2 = NodeId::from("n2");
+        let store = HintStore::open(TokioEnv, &config(dir.path())).await?;
+        store.add(&n2, &key("a"), &state("1")).await?;
+        store.add(&n2, &key("b"), &state("2")).await?;
+        drop(store);
+
+        let hints_dir = dir.path().join(HINTS_DIR);
+        let journal = std::fs::read_dir(&hints_dir)?
+            .next()
+            .expect("one journal")?
+            .path();
+        let bytes = std::fs::read(&journal)?;
+        std::fs::write(&journal, &bytes[..bytes.len() - 3])?;
+
+        let store = HintStore::open(TokioEnv, &config(dir.path())).await?;
+        let left: Vec<Bytes> = store
+            .for_target(&n2, 10)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left, vec![key("a")]);
+        Ok(())
+    }
 }
