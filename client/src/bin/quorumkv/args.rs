@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+#[cfg(feature = "bench")]
+use crate::bench::{KeyDistribution, TargetSpec, Workload};
 use clap::{Args, Parser, Subcommand};
 use quorumkv_client::protocol::DEFAULT_CLUSTER;
 use quorumkv_client::{Consistency, Context, Error, WriteOptions};
@@ -20,6 +22,15 @@ const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 /// Writes in flight during `import` and `verify`: enough to keep every node of a small
 /// cluster busy over one multiplexed connection each.
 const DEFAULT_CONCURRENCY: usize = 64;
+
+/// `bench` defaults, YCSB-sized for a small machine: 100-byte values (as the comparison
+/// in `scripts/bench.sh` uses), 50 client tasks, 10,000 records.
+#[cfg(feature = "bench")]
+const DEFAULT_RECORDS: u64 = 10_000;
+#[cfg(feature = "bench")]
+const DEFAULT_VALUE_BYTES: usize = 100;
+#[cfg(feature = "bench")]
+const DEFAULT_BENCH_CONCURRENCY: usize = 50;
 
 /// Beyond the client connection's outgoing queue (1024 frames), more requests in flight
 /// would only wait in that queue.
@@ -101,6 +112,9 @@ pub enum Command {
         #[arg(long)]
         node: String,
     },
+    /// Load-test quorumkv, Redis, etcd or the loopback floor with a YCSB-style workload
+    #[cfg(feature = "bench")]
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -212,6 +226,90 @@ pub struct SourceArgs {
     pub concurrency: usize,
 }
 
+#[cfg(feature = "bench")]
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to load: quorumkv (the --nodes cluster), echo (an in-process loopback server
+    /// that does no work: the floor), redis://HOST:PORT, or etcd://HOST:PORT (v3 JSON
+    /// gateway)
+    #[arg(long, default_value = "quorumkv", value_parser = clap::value_parser!(TargetSpec))]
+    pub target: TargetSpec,
+
+    /// load (insert every record), a (50% reads), b (95% reads), c (reads), w (writes)
+    #[arg(long, value_enum, default_value_t = Workload::A)]
+    pub workload: Workload,
+
+    /// Records in the key space
+    #[arg(long, default_value_t = DEFAULT_RECORDS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub records: u64,
+
+    /// Bytes in each value written
+    #[arg(long, default_value_t = DEFAULT_VALUE_BYTES)]
+    pub value_bytes: usize,
+
+    /// How keys are chosen; zipfian (YCSB's, scrambled) makes a few keys hot
+    #[arg(long, value_enum, default_value_t = KeyDistribution::Zipfian)]
+    pub distribution: KeyDistribution,
+
+    /// Client tasks, each waiting for its reply before sending the next request
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BENCH_CONCURRENCY,
+          value_parser = parse_concurrency)]
+    pub concurrency: usize,
+
+    /// Stop after this many seconds (default 10, or when a load has inserted every record)
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<f64>,
+
+    /// Stop after this many operations (with --duration, whichever comes first)
+    #[arg(long, value_name = "N")]
+    pub ops: Option<u64>,
+
+    /// Level of reads and writes alike, unless one is given below
+    #[arg(short = 'c', long = "consistency", value_name = "LEVEL",
+          value_parser = parse_read_level)]
+    pub consistency: Option<Consistency>,
+
+    /// Read level (quorumkv); for etcd, `one` makes reads serializable, any other level
+    /// linearizable [default: quorum]
+    #[arg(long, value_name = "LEVEL", value_parser = parse_read_level)]
+    pub read_consistency: Option<Consistency>,
+
+    /// Write level (quorumkv) [default: quorum]
+    #[arg(long, value_name = "LEVEL", value_parser = parse_write_level)]
+    pub write_consistency: Option<Consistency>,
+
+    /// Redis: send `WAIT N 0` with each write, so it returns once N replicas have it
+    #[arg(long, value_name = "N")]
+    pub redis_wait: Option<u32>,
+
+    /// Keys are this prefix and a 12-digit record number
+    #[arg(long, default_value = "user")]
+    pub key_prefix: String,
+
+    /// Seed of the key and operation choices (task i uses seed + i)
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Print the result as one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(feature = "bench")]
+impl BenchArgs {
+    pub fn read_level(&self) -> Consistency {
+        self.read_consistency
+            .or(self.consistency)
+            .unwrap_or(Consistency::Quorum)
+    }
+
+    pub fn write_level(&self) -> Consistency {
+        self.write_consistency
+            .or(self.consistency)
+            .unwrap_or(Consistency::Quorum)
+    }
+}
+
 /// Any level a write accepts.
 fn parse_write_level(text: &str) -> Result<Consistency, String> {
     Consistency::from_str(text).map_err(|error| reason(&error))
@@ -238,6 +336,14 @@ fn parse_concurrency(text: &str) -> Result<usize, String> {
         return Err(format!("must be between 1 and {MAX_CONCURRENCY}"));
     }
     Ok(count)
+}
+
+#[cfg(feature = "bench")]
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(secs),
+        _ => Err(format!("'{text}' is not a positive number of seconds")),
+    }
 }
 
 /// The library's reason without its prefix: clap already says which value was invalid.
@@ -318,6 +424,40 @@ mod tests {
         assert!(Cli::try_parse_from(args).is_err());
         let args = ["quorumkv", "import", "f.json", "--key", "id", "-c", "any"];
         assert!(Cli::try_parse_from(args).is_ok());
+    }
+
+    #[cfg(feature = "bench")]
+    #[test]
+    fn bench_levels_default_to_quorum_and_specific_flags_win_over_c() -> anyhow::Result<()> {
+        // Goal: -c sets both levels, --read/--write-consistency override it one side each.
+        let bench = |extra: &[&str]| -> anyhow::Result<BenchArgs> {
+            let args = ["quorumkv", "bench"].iter().chain(extra).copied();
+            match Cli::try_parse_from(args)?.command {
+                Command::Bench(bench) => Ok(bench),
+                _ => panic!("parsed as another command"),
+            }
+        };
+        let plain = bench(&[])?;
+        assert_eq!(plain.read_level(), Consistency::Quorum);
+        assert_eq!(plain.write_level(), Consistency::Quorum);
+        assert_eq!(plain.target, TargetSpec::Quorumkv);
+
+        let mixed = bench(&[
+            "-c",
+            "one",
+            "--write-consistency",
+            "all",
+            "--target",
+            "echo",
+        ])?;
+        assert_eq!(mixed.read_level(), Consistency::One);
+        assert_eq!(mixed.write_level(), Consistency::All);
+        assert_eq!(mixed.target, TargetSpec::Echo);
+
+        assert!(bench(&["--read-consistency", "any"]).is_err());
+        assert!(bench(&["--duration", "0"]).is_err());
+        assert!(bench(&["--target", "mysql://x:1"]).is_err());
+        Ok(())
     }
 
     #[test]

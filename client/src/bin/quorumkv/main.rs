@@ -3,11 +3,14 @@
 //! Modules: [`args`] defines the command line; [`commands`] runs the single-key and cluster
 //! commands; [`import`] and [`verify`] run one request per record of a file, sharing
 //! [`bulk`] for concurrency, progress and failure counts and [`records`] for file formats;
-//! [`output`] formats what is printed; [`exit`] names the exit codes.
+//! [`output`] formats what is printed; [`exit`] names the exit codes; [`bench`] (feature
+//! `bench`) is the load generator.
 //!
 //! Every command is the same three steps: parse the arguments, call the library, print.
 
 mod args;
+#[cfg(feature = "bench")]
+mod bench;
 mod bulk;
 mod commands;
 mod exit;
@@ -64,6 +67,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Verify(args) => verify::run(&client, args).await,
         Command::Inspect { key, node } => commands::inspect(&client, &cli.global, key, node).await,
         Command::Compact { node } => commands::compact(&client, &cli.global, node).await,
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => bench::run(&cli.global, args).await,
     }
 }
 
