@@ -11,10 +11,10 @@
 //! in), which a tree hashed in key order would not give without rehashing the bucket.
 //! It is no defence against a peer that forges collisions; peers are trusted members.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3Builder};
 
 use crate::ring::key_hash;
 
@@ -28,17 +28,23 @@ pub struct HashTrees {
     partitions: BTreeMap<u32, PartitionTree>,
 }
 
+/// Point lookups on every write dominate, so keys sit in hash maps, one per bucket. Their
+/// order never leaves this module: listings are sorted first.
+type KeyDigests = HashMap<Bytes, u64, Xxh3Builder>;
+
 struct PartitionTree {
     buckets: [u64; BUCKETS],
-    /// Each key with its state's digest, in key order.
-    keys: BTreeMap<Bytes, u64>,
+    /// Each key of each bucket with its state's digest.
+    keys: Vec<KeyDigests>,
+    len: usize,
 }
 
 impl Default for PartitionTree {
     fn default() -> Self {
         PartitionTree {
             buckets: [0; BUCKETS],
-            keys: BTreeMap::new(),
+            keys: (0..BUCKETS).map(|_| KeyDigests::default()).collect(),
+            len: 0,
         }
     }
 }
@@ -53,15 +59,17 @@ fn leaf(key: &[u8], digest: u64) -> u64 {
 }
 
 impl HashTrees {
-    /// Records that `key` (in `partition`) now has a state with `digest`, or none.
-    pub fn set(&mut self, partition: u32, key: &[u8], digest: Option<u64>) {
+    /// Records that `key` (in `partition`) now has a state with `digest`, or none, and
+    /// returns the digest it had before.
+    pub fn set(&mut self, partition: u32, key: &[u8], digest: Option<u64>) -> Option<u64> {
         let tree = self.partitions.entry(partition).or_default();
         let bucket = bucket_of(key);
+        let keys = &mut tree.keys[bucket];
         // Replacing in place: the hot path (a key written again) copies no key bytes.
-        let previous = match (digest, tree.keys.get_mut(key)) {
+        let previous = match (digest, keys.get_mut(key)) {
             (Some(digest), Some(current)) => Some(std::mem::replace(current, digest)),
-            (Some(digest), None) => tree.keys.insert(Bytes::copy_from_slice(key), digest),
-            (None, _) => tree.keys.remove(key),
+            (Some(digest), None) => keys.insert(Bytes::copy_from_slice(key), digest),
+            (None, _) => keys.remove(key),
         };
         if let Some(previous) = previous {
             tree.buckets[bucket] ^= leaf(key, previous);
@@ -69,9 +77,15 @@ impl HashTrees {
         if let Some(digest) = digest {
             tree.buckets[bucket] ^= leaf(key, digest);
         }
-        if tree.keys.is_empty() {
+        match (previous, digest) {
+            (None, Some(_)) => tree.len += 1,
+            (Some(_), None) => tree.len -= 1,
+            _ => {}
+        }
+        if tree.len == 0 {
             self.partitions.remove(&partition);
         }
+        previous
     }
 
     /// The partition's root; 0 for a partition with no keys.
@@ -96,15 +110,19 @@ impl HashTrees {
         let Some(tree) = self.partitions.get(&partition) else {
             return Vec::new();
         };
-        tree.keys
+        let mut keys: Vec<(Bytes, u64)> = buckets
             .iter()
-            .filter(|(key, _)| buckets.contains(&bucket_of(key)))
-            .map(|(key, digest)| (key.clone(), *digest))
-            .collect()
+            .filter_map(|bucket| tree.keys.get(*bucket))
+            .flat_map(|keys| keys.iter().map(|(key, digest)| (key.clone(), *digest)))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     pub fn digest(&self, partition: u32, key: &[u8]) -> Option<u64> {
-        self.partitions.get(&partition)?.keys.get(key).copied()
+        let tree = self.partitions.get(&partition)?;
+        tree.keys[bucket_of(key)].get(key).copied()
     }
 }
 

@@ -119,10 +119,12 @@ impl<E: Env> TrackedStore<E> {
     fn track(&self, key: &[u8], state: &Versions) {
         let partition = self.ring.partition_of(key);
         let digest = (!state.is_empty()).then(|| state.digest());
-        let mut trees = self.trees.lock().expect("trees lock");
-        let unchanged = trees.digest(partition, key) == digest;
-        trees.set(partition, key, digest);
-        drop(trees);
+        let previous = self
+            .trees
+            .lock()
+            .expect("trees lock")
+            .set(partition, key, digest);
+        let unchanged = previous == digest;
 
         // A merge that changed nothing (a repeated replication or repair) must not start
         // the grace again, or a key under steady repair traffic would never be purged.
