@@ -132,26 +132,23 @@ impl<E: Env> Node<E> {
             other => return Err(unexpected(other)),
         };
         let mine = self.store.trees().buckets(partition);
-        let buckets: Vec<u32> = (0..BUCKETS)
-            .filter(|&b| mine[b] != theirs[b])
-            .map(|b| b as u32)
-            .collect();
+        let buckets: Vec<usize> = (0..BUCKETS).filter(|&b| mine[b] != theirs[b]).collect();
 
         let mut keys = Vec::new();
         for chunk in buckets.chunks(BUCKETS_PER_REQUEST) {
+            let mask = chunk.iter().fold(0u64, |mask, b| mask | 1 << b);
             let request = PeerRequest::TreeKeys {
                 partition,
-                buckets: chunk.to_vec(),
+                buckets: mask,
             };
             let theirs: BTreeMap<Bytes, u64> = match self.ask(peer, &request).await? {
                 PeerResponse::Keys(keys) => keys.into_iter().collect(),
                 other => return Err(unexpected(other)),
             };
-            let chunk: Vec<usize> = chunk.iter().map(|b| *b as usize).collect();
             let mine: BTreeMap<Bytes, u64> = self
                 .store
                 .trees()
-                .keys_in(partition, &chunk)
+                .keys_in(partition, mask)
                 .into_iter()
                 .collect();
             let differ = |key: &Bytes| mine.get(key) != theirs.get(key);
@@ -164,6 +161,7 @@ impl<E: Env> Node<E> {
 
     /// Merges the peer's state of `key` into this node's, and this node's into the peer's.
     async fn repair_key(&self, peer: &NodeId, key: Bytes) -> Result<(), Error> {
+        let stamp = self.env.wall_clock_millis();
         let request = PeerRequest::Read { key: key.clone() };
         let theirs = match self.ask(peer, &request).await? {
             PeerResponse::State(state) => state,
@@ -179,7 +177,11 @@ impl<E: Env> Node<E> {
         if mine.is_empty() || theirs.as_ref() == Some(&mine) {
             return Ok(());
         }
-        let request = PeerRequest::Replicate { key, state: mine };
+        let request = PeerRequest::Replicate {
+            key,
+            state: mine,
+            stamp_ms: stamp,
+        };
         match self.ask(peer, &request).await? {
             PeerResponse::Merged => Ok(()),
             other => Err(unexpected(other)),

@@ -180,6 +180,9 @@ impl<E: Env> Node<E> {
         self.check_available(&write, &homes, required)?;
         let context = decode_context(write.context.as_ref())?;
 
+        // When the state was taken: copies of it that arrive anywhere later than the hint
+        // window after this are refused (see `tombstones`).
+        let stamp = self.env.wall_clock_millis();
         let event = self.write_event(context, write.value);
         let state = match self.store.update(&write.key, event).await {
             Ok(state) => state,
@@ -200,7 +203,7 @@ impl<E: Env> Node<E> {
             .partition(|home| self.membership.is_up(home, now));
         let mut replies: FuturesUnordered<_> = up
             .into_iter()
-            .map(|home| self.replicate(home, write.key.clone(), state.clone()))
+            .map(|home| self.replicate(home, write.key.clone(), state.clone(), stamp))
             .collect();
         let mut acknowledged = 1;
         while acknowledged < required {
@@ -213,10 +216,10 @@ impl<E: Env> Node<E> {
         if acknowledged < required && write.sloppy {
             let needed = required - acknowledged;
             acknowledged += self
-                .hand_to_fallbacks(&write.key, &state, &mut missed, needed)
+                .hand_to_fallbacks(&write.key, &state, stamp, &mut missed, needed)
                 .await;
         }
-        self.finish_in_background(write.key, state, replies, missed);
+        self.finish_in_background(write.key, state, stamp, replies, missed);
         if acknowledged < required {
             return Err(Error::Timeout {
                 required,
@@ -254,6 +257,7 @@ impl<E: Env> Node<E> {
         self: &Arc<Self>,
         key: &Bytes,
         state: &Versions,
+        stamp: u64,
         missed: &mut Vec<NodeId>,
         needed: usize,
     ) -> usize {
@@ -275,6 +279,7 @@ impl<E: Env> Node<E> {
                     target: home.clone(),
                     key: key.clone(),
                     state: state.clone(),
+                    stamp_ms: stamp,
                 };
                 async move {
                     let reply = self.peers.call(&fallback, &request, timeout).await;
@@ -302,6 +307,7 @@ impl<E: Env> Node<E> {
         self: &Arc<Self>,
         key: Bytes,
         state: Versions,
+        stamp: u64,
         mut replies: FuturesUnordered<F>,
         mut missed: Vec<NodeId>,
     ) where
@@ -318,7 +324,7 @@ impl<E: Env> Node<E> {
                 return;
             }
             for home in missed {
-                if let Err(error) = node.hints.add(&home, &key, &state).await {
+                if let Err(error) = node.hints.add(&home, &key, &state, stamp).await {
                     tracing::debug!(%home, %error, "no hint stored");
                 }
             }
@@ -358,20 +364,26 @@ impl<E: Env> Node<E> {
         })
     }
 
-    /// Sends `state` to a replica to merge; true when it acknowledged in time.
+    /// Sends `state`, taken at `stamp` (wall-clock ms), to a replica to merge; true when
+    /// it acknowledged in time.
     fn replicate(
         self: &Arc<Self>,
         replica: NodeId,
         key: Bytes,
         state: Versions,
+        stamp: u64,
     ) -> impl std::future::Future<Output = (NodeId, bool)> + Send + 'static {
         let node = self.clone();
         async move {
             if replica == *node.id() {
-                let merged = node.store.merge(&key, state).await.is_ok();
+                let merged = node.merge_stamped(&key, state, stamp).await.is_ok();
                 return (replica, merged);
             }
-            let request = PeerRequest::Replicate { key, state };
+            let request = PeerRequest::Replicate {
+                key,
+                state,
+                stamp_ms: stamp,
+            };
             let timeout = node.config.request_timeout;
             let reply = node.peers.call(&replica, &request, timeout).await;
             (replica, matches!(reply, Ok(PeerResponse::Merged)))
@@ -413,6 +425,7 @@ impl<E: Env> Node<E> {
     ) -> Result<Versions, Error> {
         let homes = self.home_replicas(&key).to_vec();
         let required = level.required(homes.len(), Access::Read)?;
+        let stamp = self.env.wall_clock_millis();
         let alive = self.membership.count_up(&homes, self.env.now());
         if alive < required {
             return Err(Error::Unavailable { required, alive });
@@ -467,9 +480,9 @@ impl<E: Env> Node<E> {
 
         let merged = merge_all(answered.iter().map(|(_, state)| state));
         if self.config.read_repair {
-            self.repair_before_answering(&key, &merged, &answered, required)
+            self.repair_before_answering(&key, &merged, stamp, &answered, required)
                 .await?;
-            self.repair_in_background(key, merged.clone(), answered, replies);
+            self.repair_in_background(key, merged.clone(), stamp, answered, replies);
         }
         Ok(merged)
     }
@@ -483,6 +496,7 @@ impl<E: Env> Node<E> {
         self: &Arc<Self>,
         key: &Bytes,
         merged: &Versions,
+        stamp: u64,
         answered: &[(NodeId, Versions)],
         required: usize,
     ) -> Result<(), Error> {
@@ -490,7 +504,7 @@ impl<E: Env> Node<E> {
         let repairs: FuturesUnordered<_> = answered
             .iter()
             .filter(|(_, state)| state != merged)
-            .map(|(node, _)| self.replicate(node.clone(), key.clone(), merged.clone()))
+            .map(|(node, _)| self.replicate(node.clone(), key.clone(), merged.clone(), stamp))
             .collect();
         let repaired = repairs
             .filter(|(_, ok)| futures::future::ready(*ok))
@@ -514,6 +528,7 @@ impl<E: Env> Node<E> {
         self: &Arc<Self>,
         key: Bytes,
         merged: Versions,
+        stamp: u64,
         answered: Vec<(NodeId, Versions)>,
         mut late: FuturesUnordered<F>,
     ) where
@@ -534,7 +549,7 @@ impl<E: Env> Node<E> {
             let repairs: FuturesUnordered<_> = known
                 .into_iter()
                 .filter(|(_, state)| *state != total)
-                .map(|(id, _)| node.replicate(id, key.clone(), total.clone()))
+                .map(|(id, _)| node.replicate(id, key.clone(), total.clone(), stamp))
                 .collect();
             let repaired = repairs
                 .filter(|(_, ok)| futures::future::ready(*ok))

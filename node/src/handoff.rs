@@ -53,11 +53,13 @@ impl<E: Env> Node<E> {
         let results: Vec<_> = stream::iter(batch)
             .map(|(key, hint)| async move {
                 let ok = if target == self.id() {
-                    self.store.merge(&key, hint.state).await.is_ok()
+                    let merged = self.merge_stamped(&key, hint.state, hint.created_ms).await;
+                    merged.is_ok()
                 } else {
                     let request = PeerRequest::Replicate {
                         key: key.clone(),
                         state: hint.state,
+                        stamp_ms: hint.created_ms,
                     };
                     let reply = self.peers.call(target, &request, timeout).await;
                     matches!(reply, Ok(PeerResponse::Merged))

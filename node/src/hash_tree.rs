@@ -22,6 +22,8 @@ use crate::ring::key_hash;
 /// store of a million keys has about 60 keys per bucket: one differing key costs a
 /// 64-word bucket list and a ~60-key listing to find.
 pub const BUCKETS: usize = 64;
+// `TreeKeys` names buckets by the bits of one u64.
+const _: () = assert!(BUCKETS <= 64);
 
 #[derive(Default)]
 pub struct HashTrees {
@@ -105,18 +107,18 @@ impl HashTrees {
         }
     }
 
-    /// The keys of the given buckets with their digests, in key order.
-    pub fn keys_in(&self, partition: u32, buckets: &[usize]) -> Vec<(Bytes, u64)> {
+    /// The keys of the buckets whose bits are set in `mask`, with their digests, in key
+    /// order. The cost is that of the keys listed, whatever the mask.
+    pub fn keys_in(&self, partition: u32, mask: u64) -> Vec<(Bytes, u64)> {
         let Some(tree) = self.partitions.get(&partition) else {
             return Vec::new();
         };
-        let mut keys: Vec<(Bytes, u64)> = buckets
-            .iter()
-            .filter_map(|bucket| tree.keys.get(*bucket))
-            .flat_map(|keys| keys.iter().map(|(key, digest)| (key.clone(), *digest)))
+        let mut keys: Vec<(Bytes, u64)> = (0..BUCKETS)
+            .filter(|bucket| mask & (1 << bucket) != 0)
+            .flat_map(|bucket| tree.keys[bucket].iter())
+            .map(|(key, digest)| (key.clone(), *digest))
             .collect();
         keys.sort();
-        keys.dedup();
         keys
     }
 
@@ -173,7 +175,7 @@ mod tests {
             .filter(|&i| a.buckets(1)[i] != b.buckets(1)[i])
             .collect();
         assert_eq!(differing, vec![bucket_of(&[42])]);
-        let keys = b.keys_in(1, &differing);
+        let keys = b.keys_in(1, 1 << bucket_of(&[42]));
         assert!(keys.contains(&(Bytes::from_static(&[42]), 8)));
 
         b.set(1, &[42], Some(7));

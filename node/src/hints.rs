@@ -116,37 +116,40 @@ pub struct HintStore<E: Env> {
 
 impl<E: Env> HintStore<E> {
     /// Opens the journal in `<data_dir>/hints`, recovering what it holds.
+    ///
+    /// The newest generation is kept and appended to, after cutting off a torn or damaged
+    /// tail; older generations (left by a crash in the middle of a rewrite) and temporary
+    /// files are removed. Nothing is rewritten on start, so a node whose disk is full can
+    /// still start and hand its hints off.
     pub async fn open(env: E, config: &NodeConfig) -> std::io::Result<Self> {
         let dir = config.data_dir.join(HINTS_DIR);
         env.create_dir_all(&dir).await?;
-        let files = journal_files(&env, &dir).await?;
-        let mut pending = Pending::default();
-        let mut generation = 0;
-        if let Some((last, path)) = files.last() {
-            generation = *last;
-            let bytes = env.read_file(path).await?.unwrap_or_default();
-            let (records, torn) = replay(&bytes, &mut pending);
-            tracing::info!(
-                records,
-                torn_bytes = torn,
-                hints = pending.hints.len(),
-                "hints recovered"
-            );
+        let (mut files, leftovers) = journal_files(&env, &dir).await?;
+        for leftover in leftovers {
+            env.remove_file(&leftover).await?;
         }
-
-        let (bytes, records) = snapshot(&mut pending);
-        let path = journal_path(&dir, generation + 1);
-        let len = bytes.len() as u64;
-        // Written whole and renamed into place, so a crash here leaves the previous
-        // generation as the newest complete one.
-        env.write_file_durably(&path, bytes).await?;
+        let (generation, path) = files.pop().unwrap_or_else(|| (1, journal_path(&dir, 1)));
         let file = env.open_file(&path).await?;
+        let bytes = env.read_file(&path).await?.unwrap_or_default();
+        let mut pending = Pending::default();
+        let (records, torn) = replay(&bytes, &mut pending);
+        let len = (bytes.len() - torn) as u64;
+        if torn > 0 {
+            file.truncate(len).await?;
+            file.sync().await?;
+        }
+        tracing::info!(
+            records,
+            torn_bytes = torn,
+            hints = pending.hints.len(),
+            "hints recovered"
+        );
         let journal = Journal {
             file,
             path,
-            generation: generation + 1,
+            generation,
             len,
-            durable: records,
+            durable: 0,
         };
         let store = HintStore {
             env,
@@ -167,18 +170,20 @@ impl<E: Env> HintStore<E> {
         Ok(store)
     }
 
-    /// Stores a hint that `target` should merge `state` for `key`; durable on return
-    /// under `sync = always`.
+    /// Stores a hint that `target` should merge `state` for `key`, a state taken at
+    /// `stamp` (wall-clock ms); durable on return under `sync = always`. The hint's age
+    /// counts from the stamp, not from its arrival here.
     pub async fn add(
         &self,
         target: &NodeId,
         key: &Bytes,
         state: &Versions,
+        stamp: u64,
     ) -> Result<(), HintError> {
         if !self.enabled {
             return Err(HintError::Disabled);
         }
-        let now = self.env.wall_clock_millis();
+        let now = self.env.wall_clock_millis().min(stamp);
         let record = {
             let mut pending = self.pending.lock().expect("hints lock");
             match pending.insert(target, key, state, now, self.limit_bytes) {
@@ -312,15 +317,22 @@ impl<E: Env> HintStore<E> {
         Ok(())
     }
 
-    /// A fresh generation of the journal holding only the live hints.
+    /// A fresh generation of the journal holding only the live hints. The records queued
+    /// for the old one are dropped only once the new one is in place, so a failed rewrite
+    /// (a full disk) leaves them to be written to the old journal as before.
     async fn rewrite(&self) -> std::io::Result<()> {
         let mut journal = self.journal.lock().await;
         let generation = journal.generation + 1;
         let path = journal_path(&self.dir, generation);
-        let (bytes, records) = snapshot(&mut self.pending.lock().expect("hints lock"));
+        let (bytes, records, queued) = snapshot(&self.pending.lock().expect("hints lock"));
         let len = bytes.len() as u64;
         self.env.write_file_durably(&path, bytes).await?;
         let file = self.env.open_file(&path).await?;
+        {
+            let mut pending = self.pending.lock().expect("hints lock");
+            pending.unwritten.drain(..queued);
+            pending.dead_bytes = 0;
+        }
         let old = std::mem::replace(
             &mut *journal,
             Journal {
@@ -337,16 +349,14 @@ impl<E: Env> HintStore<E> {
     }
 }
 
-/// Every live hint as records, ready to be a new generation of the journal. What was
-/// queued for the old one is in it, so the queue is cleared.
-fn snapshot(pending: &mut Pending) -> (Vec<u8>, u64) {
+/// Every live hint as records, ready to be a new generation of the journal, with the
+/// number of the last record it covers and how many queued bytes it makes unnecessary.
+fn snapshot(pending: &Pending) -> (Vec<u8>, u64, usize) {
     let mut bytes = Vec::new();
     for ((target, key), hint) in &pending.hints {
         bytes.extend(encode(&add_record(target, key, hint)));
     }
-    pending.unwritten.clear();
-    pending.dead_bytes = 0;
-    (bytes, pending.records)
+    (bytes, pending.records, pending.unwritten.len())
 }
 
 impl Pending {
@@ -511,14 +521,22 @@ fn journal_path(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("hints-{generation:010}.log"))
 }
 
-/// The journal generations in `dir`, oldest first.
-async fn journal_files<E: Env>(env: &E, dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut files = Vec::new();
+/// The journal generations in `dir`, oldest first, and the temporary files a crash in
+/// the middle of a rewrite may have left.
+async fn journal_files<E: Env>(
+    env: &E,
+    dir: &Path,
+) -> std::io::Result<(Vec<(u64, PathBuf)>, Vec<PathBuf>)> {
+    let (mut files, mut leftovers) = (Vec::new(), Vec::new());
     for path in env.list_dir(dir).await? {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
+        if name.ends_with(".tmp") {
+            leftovers.push(path);
+            continue;
+        }
         let generation = name
             .strip_prefix("hints-")
             .and_then(|rest| rest.strip_suffix(".log"))
@@ -528,7 +546,7 @@ async fn journal_files<E: Env>(env: &E, dir: &Path) -> std::io::Result<Vec<(u64,
         }
     }
     files.sort();
-    Ok(files)
+    Ok((files, leftovers))
 }
 
 #[cfg(test)]
@@ -566,9 +584,9 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let (n2, n3) = (NodeId::from("n2"), NodeId::from("n3"));
         let store = HintStore::open(TokioEnv, &config(dir.path())).await?;
-        store.add(&n2, &key("a"), &state("1")).await?;
-        store.add(&n2, &key("b"), &state("2")).await?;
-        store.add(&n3, &key("a"), &state("3")).await?;
+        store.add(&n2, &key("a"), &state("1"), u64::MAX).await?;
+        store.add(&n2, &key("b"), &state("2"), u64::MAX).await?;
+        store.add(&n3, &key("a"), &state("3"), u64::MAX).await?;
         let (delivered, hint) = store.for_target(&n2, 10).remove(0);
         store.delivered(&n2, &delivered, hint.id);
         store.maintain().await?;
@@ -590,7 +608,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let n2 = NodeId::from("n2");
         let store = HintStore::open(TokioEnv, &config(dir.path())).await?;
-        store.add(&n2, &key("a"), &state("1")).await?;
+        store.add(&n2, &key("a"), &state("1"), u64::MAX).await?;
         let first = store.for_target(&n2, 10).remove(0).1;
         let other = {
             let mut other = Versions::new();
@@ -598,7 +616,7 @@ mod tests {
             other.write(&VersionVector::new(), Some(Bytes::from("2")), &actor);
             other
         };
-        store.add(&n2, &key("a"), &other).await?;
+        store.add(&n2, &key("a"), &other, u64::MAX).await?;
         store.delivered(&n2, &key("a"), first.id);
 
         let merged = store.for_target(&n2, 10);
@@ -618,10 +636,10 @@ mod tests {
         settings.hint_storage_bytes = 300;
         settings.hint_window = Duration::from_millis(20);
         let store = HintStore::open(TokioEnv, &settings).await?;
-        store.add(&n2, &key("a"), &state("small")).await?;
+        store.add(&n2, &key("a"), &state("small"), u64::MAX).await?;
         let big = state(&"x".repeat(400));
         assert!(matches!(
-            store.add(&n2, &key("b"), &big).await,
+            store.add(&n2, &key("b"), &big, u64::MAX).await,
             Err(HintError::Full { .. })
         ));
         assert_eq!(store.dropped(), 1);
@@ -643,8 +661,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let n2 = NodeId::from("n2");
         let store = HintStore::open(TokioEnv, &config(dir.path())).await?;
-        store.add(&n2, &key("a"), &state("1")).await?;
-        store.add(&n2, &key("b"), &state("2")).await?;
+        store.add(&n2, &key("a"), &state("1"), u64::MAX).await?;
+        store.add(&n2, &key("b"), &state("2"), u64::MAX).await?;
         drop(store);
 
         let hints_dir = dir.path().join(HINTS_DIR);

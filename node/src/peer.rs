@@ -28,8 +28,14 @@ pub enum PeerRequest {
     Heartbeat,
     /// This replica's state of a key, without coordination.
     Read { key: Bytes },
-    /// Merge this state into the replica's own (replication and repair).
-    Replicate { key: Bytes, state: Versions },
+    /// Merge this state into the replica's own (replication and repair). `stamp_ms` is
+    /// when the sender took the state (wall clock); a replica refuses one older than
+    /// the hint window.
+    Replicate {
+        key: Bytes,
+        state: Versions,
+        stamp_ms: u64,
+    },
     /// A write sent by a node that is not a home replica, for a home replica to coordinate.
     Coordinate { request: Request },
     /// Keep `state` for `target` and hand it off later: this node is a fallback that
@@ -38,13 +44,15 @@ pub enum PeerRequest {
         target: NodeId,
         key: Bytes,
         state: Versions,
+        stamp_ms: u64,
     },
     /// This node's hash tree roots of `partitions`, in the same order.
     TreeRoots { partitions: Vec<u32> },
     /// The bucket hashes of one partition.
     TreeBuckets { partition: u32 },
-    /// The keys and state digests in some buckets of one partition.
-    TreeKeys { partition: u32, buckets: Vec<u32> },
+    /// The keys and state digests in some buckets of one partition: bit b of `buckets`
+    /// asks for bucket b.
+    TreeKeys { partition: u32, buckets: u64 },
     /// Whether this node would let the key's tombstones go: its state is exactly
     /// `state`, unchanged for the tombstone grace, and it holds no hint for the key.
     PurgeCheck { key: Bytes, state: Versions },

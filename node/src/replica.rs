@@ -3,14 +3,16 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use quorumkv_client::consistency::Access;
 use quorumkv_client::protocol::{ErrorReply, Response};
-use quorumkv_client::Error;
+use quorumkv_client::{Error, NodeId};
 
 use crate::coordinator::Write;
 use crate::env::Env;
 use crate::node::Node;
 use crate::peer::{PeerRequest, PeerResponse};
+use crate::versions::Versions;
 
 impl<E: Env> Node<E> {
     pub async fn handle_peer(self: &Arc<Self>, request: PeerRequest) -> PeerResponse {
@@ -20,9 +22,13 @@ impl<E: Env> Node<E> {
                 Ok(state) => PeerResponse::State(state),
                 Err(error) => server_error(&error),
             },
-            PeerRequest::Replicate { key, state } => match self.store.merge(&key, state).await {
-                Ok(_) => PeerResponse::Merged,
-                Err(error) => server_error(&error),
+            PeerRequest::Replicate {
+                key,
+                state,
+                stamp_ms,
+            } => match self.merge_stamped(&key, state, stamp_ms).await {
+                Ok(()) => PeerResponse::Merged,
+                Err(error) => PeerResponse::Error(ErrorReply::from(&error)),
             },
             PeerRequest::Coordinate { request } => {
                 let response = match Write::from_request(request) {
@@ -37,12 +43,15 @@ impl<E: Env> Node<E> {
                 );
                 PeerResponse::Coordinated(response)
             }
-            PeerRequest::Hint { target, key, state } => {
-                match self.hints.add(&target, &key, &state).await {
-                    Ok(()) => PeerResponse::Hinted,
-                    Err(error) => server_error(&error),
-                }
-            }
+            PeerRequest::Hint {
+                target,
+                key,
+                state,
+                stamp_ms,
+            } => match self.take_hint(&target, &key, &state, stamp_ms).await {
+                Ok(()) => PeerResponse::Hinted,
+                Err(error) => PeerResponse::Error(ErrorReply::from(&error)),
+            },
             tree @ (PeerRequest::TreeRoots { .. }
             | PeerRequest::TreeBuckets { .. }
             | PeerRequest::TreeKeys { .. }) => self.answer_tree(tree),
@@ -57,9 +66,72 @@ impl<E: Env> Node<E> {
         }
     }
 
+    /// Merges a state another node took at `stamp` (wall-clock ms), unless it is older
+    /// than the hint window. A copy that old may carry a value whose tombstone has been
+    /// purged since (a replication held up in the network, a read repair that waited);
+    /// merging it would bring the value back. Anti-entropy repairs whatever it held that
+    /// was still current.
+    pub(crate) async fn merge_stamped(
+        &self,
+        key: &[u8],
+        state: Versions,
+        stamp: u64,
+    ) -> Result<(), Error> {
+        self.check_fresh(stamp)?;
+        self.store
+            .merge(key, state)
+            .await
+            .map_err(|error| Error::Server {
+                reason: error.to_string(),
+            })?;
+        Ok(())
+    }
+
+    /// Keeps a hint as a fallback for a home replica that missed a write.
+    async fn take_hint(
+        &self,
+        target: &NodeId,
+        key: &Bytes,
+        state: &Versions,
+        stamp: u64,
+    ) -> Result<(), Error> {
+        self.check_fresh(stamp)?;
+        let partition = self.ring.partition_of(key);
+        if target == self.id() || !self.ring.is_home(partition, target) {
+            return Err(Error::Rejected {
+                reason: format!("{target} is not another home replica of this key"),
+            });
+        }
+        self.hints
+            .add(target, key, state, stamp)
+            .await
+            .map_err(|error| Error::Server {
+                reason: error.to_string(),
+            })
+    }
+
+    fn check_fresh(&self, stamp: u64) -> Result<(), Error> {
+        let window = self.config.hint_window.as_millis() as u64;
+        if stamp.saturating_add(window) < self.env.wall_clock_millis() {
+            return Err(Error::Rejected {
+                reason: "the state is older than the hint window".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Anti-entropy's questions about this node's hash trees. Partitions and buckets out
     /// of range read as empty rather than fail: they hold nothing here.
     fn answer_tree(&self, request: PeerRequest) -> PeerResponse {
+        // A request can ask for at most every partition once: more is garbage, and would
+        // hold the trees' lock (which every write takes) for as long as a sender likes.
+        if let PeerRequest::TreeRoots { partitions } = &request {
+            if partitions.len() > self.ring.partitions() as usize {
+                return PeerResponse::Error(ErrorReply::Rejected {
+                    reason: format!("{} partitions asked, the ring has fewer", partitions.len()),
+                });
+            }
+        }
         let trees = self.store.trees();
         match request {
             PeerRequest::TreeRoots { partitions } => {
@@ -69,8 +141,7 @@ impl<E: Env> Node<E> {
                 PeerResponse::Buckets(trees.buckets(partition))
             }
             PeerRequest::TreeKeys { partition, buckets } => {
-                let buckets: Vec<usize> = buckets.iter().map(|b| *b as usize).collect();
-                PeerResponse::Keys(trees.keys_in(partition, &buckets))
+                PeerResponse::Keys(trees.keys_in(partition, buckets))
             }
             _ => unreachable!("only tree requests are passed here"),
         }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::FuturesUnordered;
 use futures::SinkExt;
 use futures::StreamExt;
 use quorumkv_client::codec::{decode, encode, is_oversized};
@@ -25,7 +26,6 @@ use quorumkv_client::protocol::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
-use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 

@@ -13,17 +13,19 @@
 //! that came in between wins), the others first and the first home last.
 //!
 //! Why that is enough. A superseded value could come back from a home replica (2 rules
-//! that out: each holds the tombstone state, not the value), from a hint or a fallback's
-//! copy, or from an in-flight replication or read repair. Hints are only ever made by a
-//! home replica coordinating a write, from its own state, and are stored within a request
-//! timeout of that; a hint carrying the value was therefore made while its coordinator
-//! still held the value, before that home's state last changed. Every hint is dropped
-//! once older than the hint window, before delivery, and a merged hint keeps its oldest
-//! creation time. So with grace >= window + request timeout (the config refuses less),
-//! every such hint has expired by the time all homes report the grace passed. In-flight
-//! replications time out within the request timeout. A replica that comes back after a
-//! long absence is a home replica (2) or holds only hints (expired). Clock skew between
-//! nodes eats into the margin: the default grace is the window plus an hour.
+//! that out: each holds the tombstone state, not the value), or from a copy of an older
+//! state that is still on its way: a replication or read repair held up in the network, a
+//! hint, a fallback's hint. Every such copy carries a stamp, the wall-clock time its state
+//! was taken from a store, and is refused by its receiver (replication, repair, handoff,
+//! a fallback taking a hint) once older than the hint window; hints are dropped at that
+//! age too, and a merged hint keeps its oldest stamp. A copy carrying the value was taken
+//! while some home still held the value, so before that home's state last changed; with
+//! grace >= window (the config asks for window + request timeout), every such copy is
+//! refused by the time all homes report the grace passed. A replica that comes back after
+//! a long absence is a home replica (2) or holds only hints (expired). Clock skew between
+//! nodes eats into the margin: the default grace is the window plus an hour. (A breaker
+//! session found the hole this closes: before the stamp, a replication stalled in the
+//! network past the purge brought the value back on every replica.)
 //!
 //! After a purge, the key's clock is gone. Its dots stay below the coordinator's dot
 //! floor (`Versions::write_above`), so a new write of the key, or one carrying an old

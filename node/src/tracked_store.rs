@@ -88,6 +88,11 @@ impl<E: Env> TrackedStore<E> {
 
     /// Merges `other` into the key's state.
     pub async fn merge(&self, key: &[u8], other: Versions) -> Result<Versions, StorageError> {
+        // An empty state teaches nothing; storing it would add a record for a key that
+        // may never have existed.
+        if other.is_empty() {
+            return Ok(self.get(key).await?.unwrap_or_default());
+        }
         let merge = Box::new(move |mine: &mut Versions| {
             mine.merge(&other);
             Ok(())
@@ -99,7 +104,7 @@ impl<E: Env> TrackedStore<E> {
     pub async fn purge_if(&self, key: &[u8], expected: &Versions) -> Result<bool, StorageError> {
         let expected = expected.clone();
         let purge = Box::new(move |mine: &mut Versions| {
-            if *mine != expected {
+            if mine.is_empty() || *mine != expected {
                 return Err("changed since it was read".to_owned());
             }
             *mine = Versions::new();

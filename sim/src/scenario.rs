@@ -104,6 +104,18 @@ impl Scenario {
         }
     }
 
+    /// Holds every message between `a` and `b` (both ways) until [`Scenario::release`]:
+    /// a link that stalls and later delivers what it queued, like a TCP connection whose
+    /// segments sat in a buffer.
+    pub fn hold(&mut self, a: &str, b: &str) {
+        self.sim.hold(a, b);
+    }
+
+    /// Delivers everything held between `a` and `b`.
+    pub fn release(&mut self, a: &str, b: &str) {
+        self.sim.release(a, b);
+    }
+
     pub fn heal(&mut self) {
         let hosts = self.hosts();
         for a in &hosts {

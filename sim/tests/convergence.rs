@@ -419,3 +419,55 @@ fn a_strict_write_acknowledged_by_one_home_fails_even_when_fallbacks_could_take_
     assert!(relaxed.is_ok(), "{relaxed:?}");
     Ok(())
 }
+
+#[test]
+fn a_replication_delivered_late_cannot_bring_back_a_purged_delete() -> anyhow::Result<()> {
+    // Goal: the purge rule holds against the network, not only against the sender's
+    // timeout. A home's replication of a write stalls on its link; the sender gives up
+    // and hints, the hint expires, the key is deleted and its tombstone purged; then the
+    // link delivers the stale replication. The receiver must refuse it as older than the
+    // hint window, and the value must stay gone. (Found by a breaker session; before the
+    // stamp on replication it came back on every replica.)
+    let mut sim = Scenario::new(11, 3, |_| {})?;
+    let key = "late".to_owned();
+    let homes = sim.homes(&key);
+    let (first, x, y) = (homes[0].clone(), homes[1].clone(), homes[2].clone());
+    sim.wait(DETECT)?;
+    sim.hold(&x, &y);
+    let (k, via) = (key.clone(), x.clone());
+    sim.run(async move {
+        Ok(Scenario::client(&[&via])
+            .put(k, "v", None, Consistency::Two)
+            .await?)
+    })?;
+    let (k, via) = (key.clone(), first.clone());
+    sim.run(async move {
+        let client = Scenario::client(&[&via]);
+        let read = client.get(k.clone(), Consistency::Quorum).await?;
+        anyhow::ensure!(read.values == vec![Bytes::from("v")], "{read:?}");
+        Ok(client
+            .delete(k, Some(&read.context), Consistency::All)
+            .await?)
+    })?;
+    sim.wait(Duration::from_secs(10))?;
+    let names = sim.names.clone();
+    assert!(
+        sim.run(purged_total(names.clone()))? >= 1,
+        "the tombstone was never purged"
+    );
+
+    sim.release(&x, &y);
+    sim.wait(Duration::from_secs(5))?;
+    for node in names {
+        let k = key.clone();
+        let values = sim.run(async move { values_on(&node, &k).await })?;
+        assert!(
+            values.is_empty(),
+            "the stale replication brought back {values:?}"
+        );
+    }
+    let read =
+        sim.run(async move { Ok(Scenario::client(&["n1"]).get(key, Consistency::All).await?) })?;
+    assert!(read.values.is_empty(), "{:?}", read.values);
+    Ok(())
+}
