@@ -99,9 +99,18 @@ stop_all() {
   for home in "$work/qkv-never" "$work/qkv-always"; do
     [ -f "$home/size" ] && QUORUMKV_HOME=$home "$repo/scripts/cluster.sh" stop >/dev/null 2>&1
   done
+  local pids=()
   for pid_file in "$work"/pids/*.pid; do
-    [ -f "$pid_file" ] && kill "$(cat "$pid_file")" 2>/dev/null
+    [ -f "$pid_file" ] || continue
+    pids+=("$(cat "$pid_file")")
+    kill "${pids[-1]}" 2>/dev/null
     rm -f "$pid_file"
+  done
+  # Wait until they are gone (at most 10 s), so that a run started right after this one
+  # finds its ports free.
+  local deadline=$((SECONDS + 10)) pid
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
   done
   return 0
 }

@@ -49,9 +49,14 @@ pub(crate) async fn anti_entropy_loop<E: Env>(node: Arc<Node<E>>) {
     let mut next = node.random_index(peers.len());
     loop {
         tokio::time::sleep(node.jittered(node.config.anti_entropy_interval)).await;
-        let peer = &peers[next % peers.len()];
-        next += 1;
-        if node.membership.is_up(peer, node.env.now()) {
+        // The next peer in turn that is up: a dead peer must not cost a round.
+        let now = node.env.now();
+        let up = (0..peers.len())
+            .map(|step| (next + step) % peers.len())
+            .find(|&i| node.membership.is_up(&peers[i], now));
+        if let Some(index) = up {
+            next = index + 1;
+            let peer = &peers[index];
             match node.exchange(peer).await {
                 Ok(repaired) => node.exchanged(peer, repaired),
                 Err(error) => tracing::debug!(%peer, %error, "anti-entropy exchange failed"),

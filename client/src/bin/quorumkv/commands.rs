@@ -76,7 +76,7 @@ pub async fn delete(client: &Client, args: &DeleteArgs) -> anyhow::Result<u8> {
 /// The members as one node sees them, then each node's own hints and anti-entropy.
 pub async fn status(client: &Client, global: &GlobalArgs) -> anyhow::Result<u8> {
     let report = client.status().await?;
-    print!("{}", output::status(&report));
+    output::print(&output::status(&report))?;
 
     let mut nodes = Vec::new();
     for member in &report.members {
@@ -88,7 +88,7 @@ pub async fn status(client: &Client, global: &GlobalArgs) -> anyhow::Result<u8> 
         };
         nodes.push((member.node.clone(), own));
     }
-    print!("\n{}", output::convergence(&nodes));
+    output::print(&format!("\n{}", output::convergence(&nodes)))?;
     Ok(exit::OK)
 }
 
@@ -101,7 +101,7 @@ pub async fn ring(client: &Client, key: Option<&str>) -> anyhow::Result<u8> {
             .ok_or_else(|| anyhow!("the node's ring report names no partition for the key"))?,
         None => output::ring_table(&report),
     };
-    print!("{text}");
+    output::print(&text)?;
     Ok(exit::OK)
 }
 
@@ -116,7 +116,7 @@ pub async fn inspect(
         return Ok(exit::USAGE);
     };
     let state = Client::new(config)?.inspect(key.to_owned()).await?;
-    print!("{}", output::local_state(key, &state));
+    output::print(&output::local_state(key, &state))?;
     Ok(exit::OK)
 }
 
@@ -127,7 +127,7 @@ pub async fn compact(client: &Client, global: &GlobalArgs, node: &str) -> anyhow
     };
     config.request_timeout = config.request_timeout.max(COMPACT_TIMEOUT);
     let report = Client::new(config)?.compact().await?;
-    println!("{}", output::compact_report(&report));
+    output::print(&format!("{}\n", output::compact_report(&report)))?;
     Ok(exit::OK)
 }
 

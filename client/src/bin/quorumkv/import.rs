@@ -44,7 +44,7 @@ pub async fn run(client: &Client, args: &ImportArgs) -> anyhow::Result<u8> {
         source.concurrency,
     );
     let summary = summary.await;
-    println!("{summary}");
+    crate::output::print(&format!("{summary}\n"))?;
     Ok(summary.failures.exit_code())
 }
 

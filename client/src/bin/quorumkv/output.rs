@@ -68,6 +68,17 @@ fn json_value(value: &[u8]) -> JsonValue {
     }
 }
 
+/// Writes `text` to standard output. When the reader has gone (`quorumkv status | head
+/// -1`), the command ends quietly, as Unix tools do, instead of panicking as `print!`
+/// would.
+pub fn print(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
+        result => result,
+    }
+}
+
 /// A header naming the answering node, then one row per member.
 pub fn status(report: &StatusReport) -> String {
     let (node, cluster) = (&report.node, &report.cluster);
@@ -180,7 +191,9 @@ pub fn local_state(key: &str, state: &LocalState) -> String {
         text.push_str(" nothing stored\n");
         return text;
     }
-    text.push_str(&format!(" {} siblings\n", state.siblings.len()));
+    let count = state.siblings.len();
+    let noun = if count == 1 { "sibling" } else { "siblings" };
+    text.push_str(&format!(" {count} {noun}\n"));
     let rows = state
         .siblings
         .iter()

@@ -89,7 +89,7 @@ pub async fn run(client: &Client, args: &VerifyArgs) -> anyhow::Result<u8> {
     );
     let summary = summary.await;
 
-    println!("{summary}");
+    crate::output::print(&format!("{summary}\n"))?;
     for (check, key) in &summary.reported {
         let what = if *check == Check::Missing {
             "missing"

@@ -83,9 +83,9 @@ impl Shared {
 pub async fn run(global: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<u8> {
     let report = measure(global, args).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::print(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
-        print!("{}", report.text());
+        crate::output::print(&report.text())?;
     }
     Ok(if report.error_total() == 0 {
         exit::OK
