@@ -296,7 +296,8 @@ impl<E: Env> Node<E> {
             .collect();
         missed.retain(|home| !taken.contains(&home));
         if taken.len() < needed {
-            tracing::debug!(key = ?key, taken = taken.len(), needed, "too few fallbacks took the write");
+            let taken = taken.len();
+            tracing::debug!(key = ?key, taken, needed, "too few fallbacks took the write");
         }
         taken.len()
     }

@@ -8,10 +8,10 @@
 //! The epoch is drawn at random from the node's seeded RNG rather than counted up from the
 //! previous one: a wiped or replaced data dir has no previous epoch to count from, and a
 //! counter would start over at one and reuse dots. 64 random bits make a repeat across a
-//! node's lifetime negligible (63 bits, as TOML integers are signed). While data lives only in memory every start loses
-//! everything, so every start must take a new epoch; a durable store may keep the epoch
-//! when its data survived. The cost is one clock entry per start in keys this node
-//! coordinates.
+//! node's lifetime negligible (63 bits, as TOML integers are signed). While data lives
+//! only in memory every start loses everything, so every start must take a new epoch; a
+//! durable store may keep the epoch when its data survived. The cost is one clock entry
+//! per start in keys this node coordinates.
 
 use std::path::Path;
 

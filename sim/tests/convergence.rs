@@ -242,8 +242,7 @@ fn an_expired_hint_from_a_returning_holder_does_not_undo_a_purged_delete() -> an
 }
 
 #[test]
-fn fallback_data_reaches_its_home_after_the_fallback_restarts_with_no_traffic() -> anyhow::Result<()>
-{
+fn fallback_data_reaches_its_home_after_a_restart_without_traffic() -> anyhow::Result<()> {
     // Goal: scenario 5. A fallback holding a sloppy write for a cut-off home crashes and
     // restarts; with anti-entropy off and no client touching the key, its journal of
     // hints still gets the write to the home.

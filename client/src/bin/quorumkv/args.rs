@@ -240,7 +240,8 @@ pub struct BenchArgs {
     pub workload: Workload,
 
     /// Records in the key space
-    #[arg(long, default_value_t = DEFAULT_RECORDS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_RECORDS,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub records: u64,
 
     /// Bytes in each value written
