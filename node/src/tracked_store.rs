@@ -184,3 +184,82 @@ impl<E: Env> TrackedStore<E> {
         self.inner.flush().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::env::TokioEnv;
+    use crate::storage::MemoryStore;
+    use crate::versions::{Actor, VersionVector};
+
+    async fn store() -> anyhow::Result<TrackedStore<TokioEnv>> {
+        let me = NodeId::from("n1");
+        let ring = Ring::new(std::slice::from_ref(&me), 16, 1)?;
+        Ok(TrackedStore::open(TokioEnv, Box::new(MemoryStore::default()), ring, me).await?)
+    }
+
+    fn deleted() -> Versions {
+        let mut state = Versions::new();
+        let actor = Actor::new(NodeId::from("n1"), 1);
+        let dot = state.write(&VersionVector::new(), Some(Bytes::from("v")), &actor);
+        let mut context = VersionVector::new();
+        context.join(&VersionVector::from(vec![(actor.clone(), dot.counter)]));
+        state.write(&context, None, &actor);
+        state
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_merge_that_changes_nothing_does_not_restart_the_tombstone_grace(
+    ) -> anyhow::Result<()> {
+        // Goal: repeated repairs of the same tombstone leave its age alone, while a real
+        // change starts it again; otherwise a key under repair traffic is never purged.
+        let store = store().await?;
+        store.merge(b"k", deleted()).await?;
+        let written = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        store.merge(b"k", deleted()).await?;
+        assert!(
+            store.tombstone_stable(b"k", written),
+            "a no-op merge restarted the grace"
+        );
+        assert_eq!(store.purgeable(written, 10), vec![Bytes::from_static(b"k")]);
+
+        let mut changed = deleted();
+        let other = Actor::new(NodeId::from("n2"), 1);
+        changed.write(&changed.context(), None, &other);
+        store.merge(b"k", changed).await?;
+        assert!(
+            !store.tombstone_stable(b"k", written),
+            "a real change kept the old age"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_purge_empties_only_the_state_it_was_asked_for_and_creates_nothing(
+    ) -> anyhow::Result<()> {
+        // Goal: the conditional purge loses no write that came in between, leaves the
+        // tree as if the key never existed, and a purge or empty merge of an absent key
+        // stores nothing.
+        let store = store().await?;
+        let partition = 0;
+        assert!(!store.purge_if(b"absent", &Versions::new()).await?);
+        store.merge(b"absent", Versions::new()).await?;
+        assert_eq!(store.key_count(), 0);
+
+        store.merge(b"k", deleted()).await?;
+        let partition_of_k = store.ring.partition_of(b"k");
+        assert_ne!(store.trees().root(partition_of_k), 0);
+        assert!(
+            !store.purge_if(b"k", &Versions::new()).await?,
+            "purged another state"
+        );
+        assert!(store.purge_if(b"k", &deleted()).await?);
+        assert_eq!(store.get(b"k").await?, None);
+        assert_eq!(store.trees().root(partition_of_k), 0);
+        assert_eq!(store.trees().root(partition), 0);
+        Ok(())
+    }
+}
