@@ -121,11 +121,6 @@ impl HashTrees {
         keys.sort();
         keys
     }
-
-    pub fn digest(&self, partition: u32, key: &[u8]) -> Option<u64> {
-        let tree = self.partitions.get(&partition)?;
-        tree.keys[bucket_of(key)].get(key).copied()
-    }
 }
 
 #[cfg(test)]

@@ -393,13 +393,23 @@ impl Pending {
             return None;
         }
         self.next_id += 1;
+        self.place(at, hint);
+        Some(self.queue(record))
+    }
+
+    /// Puts `hint` in place of whatever the pair held, keeping the byte and key counts.
+    fn place(&mut self, at: (NodeId, Bytes), hint: Hint) {
+        let replaced = match self.hints.get(&at) {
+            Some(old) => old.bytes,
+            None => {
+                *self.keys.entry(at.1.clone()).or_default() += 1;
+                0
+            }
+        };
         self.live_bytes = self.live_bytes - replaced + hint.bytes;
         self.dead_bytes += replaced;
-        if replaced == 0 {
-            *self.keys.entry(key.clone()).or_default() += 1;
-        }
+        self.next_id = self.next_id.max(hint.id + 1);
         self.hints.insert(at, hint);
-        Some(self.queue(record))
     }
 
     /// Removes the hint (only if its id is `id`, when given); true when it did.
@@ -472,7 +482,7 @@ fn replay(mut bytes: &[u8], pending: &mut Pending) -> (u64, usize) {
         let Ok(record) = rmp_serde::from_slice::<Record>(body) else {
             break;
         };
-        apply(record, pending);
+        apply(record, 8 + length as u64, pending);
         records += 1;
         bytes = &bytes[8 + length..];
     }
@@ -485,7 +495,8 @@ fn replay(mut bytes: &[u8], pending: &mut Pending) -> (u64, usize) {
     (records, bytes.len())
 }
 
-fn apply(record: Record, pending: &mut Pending) {
+/// Applies one journal record of `bytes` bytes (header included) to `pending`.
+fn apply(record: Record, bytes: u64, pending: &mut Pending) {
     match record {
         Record::Add {
             id,
@@ -498,17 +509,9 @@ fn apply(record: Record, pending: &mut Pending) {
                 id,
                 state,
                 created_ms,
-                bytes: 0,
+                bytes,
             };
-            let bytes = encode(&add_record(&target, &key, &hint)).len() as u64;
-            let at = (target, key.clone());
-            let replaced = pending.hints.get(&at).map_or(0, |old| old.bytes);
-            if replaced == 0 {
-                *pending.keys.entry(key).or_default() += 1;
-            }
-            pending.live_bytes = pending.live_bytes - replaced + bytes;
-            pending.hints.insert(at, Hint { bytes, ..hint });
-            pending.next_id = pending.next_id.max(id + 1);
+            pending.place((target, key), hint);
         }
         Record::Remove { id, target, key } => {
             pending.remove(&target, &key, Some(id));

@@ -32,8 +32,9 @@
 //! second write with that dot as seen and may drop it (the Riak KV679 data-loss bugs). `write`
 //! issues one above the larger of the coordinator's clock and the client's context, which is
 //! safe as long as the coordinator never lost a write it coordinated for the key. A node that
-//! starts with a new or lost data dir therefore takes a new epoch, and a coordinator for which
-//! [`Versions::forgot_own_writes`] is true must take one too before writing.
+//! starts with a new or lost data dir therefore takes a new epoch, and the coordinator uses
+//! [`Versions::write_above`] with the highest counter it issued in this epoch, which keeps
+//! dots unique for a key whose history it no longer holds (a purged tombstone).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -359,13 +360,6 @@ impl Versions {
         dot
     }
 
-    /// Whether `context` has seen a write by `actor` that this state does not know of.
-    ///
-    /// A coordinator puts every dot it issues into its own state first, so this means the node
-    /// lost its history of the key (a lost disk, a purged tombstone, a partition that moved away
-    /// and back). Writing as `actor` could then reuse a dot a replica already holds, and that
-    /// replica would drop the new write as seen: take a new epoch first. It only detects a loss
-    /// the client happened to see; losses it did not see are the epoch rule's job.
     /// Whether `actor` can issue no further dot for this key (its counter is at the
     /// maximum; only a forged state can get there).
     pub fn exhausted(&self, actor: &Actor) -> bool {
@@ -410,6 +404,10 @@ impl Versions {
         hasher.digest()
     }
 
+    /// Whether `context` has seen a write by `actor` that this state does not know of: the
+    /// node lost its history of the key (a lost disk, a purged tombstone). The coordinator
+    /// no longer needs to refuse such a write, since `write_above` with its dot floor
+    /// issues a dot above every one the actor issued; this remains as a diagnostic.
     pub fn forgot_own_writes(&self, context: &VersionVector, actor: &Actor) -> bool {
         context.get(actor) > self.clock.get(actor)
     }
