@@ -114,6 +114,33 @@ fn pending_for(statuses: &[ConvergenceStatus], target: &str) -> u64 {
         .sum()
 }
 
+/// A 3-node cluster started with `flags`, n3 killed, and KEYS written at quorum through
+/// n1 and n2 while it is down; returns the cluster and what was written.
+async fn outage_of_n3(
+    flags: &[&str],
+    prefix: &str,
+) -> anyhow::Result<(Cluster, BTreeMap<String, String>)> {
+    let mut cluster = Cluster::start_with(3, 3, flags).await?;
+    cluster.kill(2).await?;
+    let writers = [cluster.client_of(0)?, cluster.client_of(1)?];
+    let written = write_keys(&writers, prefix, KEYS).await?;
+    Ok((cluster, written))
+}
+
+/// Waits until n3's own copy (inspect, so no read repair) of every written key is right.
+async fn until_n3_holds(
+    cluster: &Cluster,
+    written: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let n3 = &cluster.client_of(2)?;
+    eventually(
+        "n3 holds every key written while it was down",
+        CONVERGE_TIMEOUT,
+        || missing_on(n3, written),
+    )
+    .await
+}
+
 /// Whether `status` records a completed anti-entropy exchange with `peer`.
 fn exchanged_with(status: &ConvergenceStatus, peer: &str) -> bool {
     status.anti_entropy.iter().any(|(node, _)| node.0 == peer)
@@ -130,10 +157,7 @@ async fn a_node_that_was_down_gets_every_write_from_hints_alone() -> anyhow::Res
         "--handoff-interval-ms",
         HANDOFF_INTERVAL_MS,
     ];
-    let mut cluster = Cluster::start_with(3, 3, &flags).await?;
-    cluster.kill(2).await?;
-    let writers = [cluster.client_of(0)?, cluster.client_of(1)?];
-    let written = write_keys(&writers, "hinted", KEYS).await?;
+    let (mut cluster, written) = outage_of_n3(&flags, "hinted").await?;
 
     // Each write's coordinator stores its hint after answering; wait until all are there.
     let cluster_ref = &cluster;
@@ -148,14 +172,7 @@ async fn a_node_that_was_down_gets_every_write_from_hints_alone() -> anyhow::Res
     .await?;
 
     cluster.restart(2).await?;
-    let n3 = &cluster.client_of(2)?;
-    let written = &written;
-    eventually(
-        "n3 holds every key written while it was down",
-        CONVERGE_TIMEOUT,
-        || missing_on(n3, written),
-    )
-    .await?;
+    until_n3_holds(&cluster, &written).await?;
 
     let cluster_ref = &cluster;
     eventually(
@@ -187,20 +204,10 @@ async fn a_node_that_was_down_converges_by_anti_entropy_without_hints() -> anyho
         "--anti-entropy-interval-ms",
         ANTI_ENTROPY_INTERVAL_MS,
     ];
-    let mut cluster = Cluster::start_with(3, 3, &flags).await?;
-    cluster.kill(2).await?;
-    let writers = [cluster.client_of(0)?, cluster.client_of(1)?];
-    let written = write_keys(&writers, "entropy", KEYS).await?;
+    let (mut cluster, written) = outage_of_n3(&flags, "entropy").await?;
 
     cluster.restart(2).await?;
-    let n3 = &cluster.client_of(2)?;
-    let written = &written;
-    eventually(
-        "n3 holds every key written while it was down",
-        CONVERGE_TIMEOUT,
-        || missing_on(n3, written),
-    )
-    .await?;
+    until_n3_holds(&cluster, &written).await?;
 
     // n3 completed an exchange with a peer, or a peer with n3: keys can reach n3 no other
     // way here, but the counters must say so too.
